@@ -1,0 +1,1 @@
+"""Admin and metrics servers (local HTTP listeners of their own)."""

@@ -1,0 +1,75 @@
+"""``ktp``: the command line.
+
+Each command lives with its part and registers itself here through a ``register(subparsers)``
+function; this module only builds the parser, sets up logging and the event loop, and maps errors
+to exit codes (2 for bad configuration, 1 for anything else that stopped the command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from proxy import __version__
+from proxy.errors import ConfigError, KtpError
+
+log = logging.getLogger("proxy")
+
+# (module, help) of every command; imported lazily so `ktp --help` stays fast.
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("proxy.sidecar.command", "sidecar"),
+    ("proxy.demo.command", "demo"),
+)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    # aiokafka logs every retried metadata/coordinator hiccup at ERROR/WARNING; keep our own.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a coroutine on uvloop when it is installed (it is a dependency on Linux)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - only on platforms without uvloop
+        return asyncio.run(main())
+    return uvloop.run(main())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ktp",
+        description="kafka-tenant-proxy: per-tenant routing of Kafka records to baseline and sandbox consumers",
+    )
+    parser.add_argument("--version", action="version", version=f"ktp {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    import importlib
+
+    for module_name, _ in COMMANDS:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"ktp {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KtpError as exc:
+        print(f"ktp {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

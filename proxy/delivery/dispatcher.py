@@ -1,0 +1,261 @@
+"""Dispatcher: runs deliveries in lanes, retries them, dead-letters them, marks them done.
+
+A *lane* is a queue delivered one record at a time, in order. The ordering mode picks the lane:
+
+- ``partition``: one lane per partition (records of a partition in offset order);
+- ``key``:       one lane per (partition, key): keys of one partition run concurrently;
+- ``none``:      one lane per record.
+
+At most ``max_in_flight`` deliveries run at once. A record is done when the app took it, the app
+said DROP, it was dead-lettered, or dead letters are off and it was logged and counted; only then
+does its partition's commit watermark move past it. A revoked partition's lanes stop after the
+record in flight, and nothing after the watermark is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from proxy.delivery.dead_letter import DeadLetterWriter
+from proxy.delivery.headers import build_headers
+from proxy.delivery.policy import Outcome, RetryPolicy, Verdict, classify, parse_retry_after
+from proxy.errors import AppUnavailable
+from proxy.listener.kafka import KafkaListener
+from proxy.listener.offsets import PartitionOffsets
+from proxy.metrics import Metrics
+from proxy.upstream.health import AppHealth
+from proxy.upstream.http import AppConnectError, AppTimeout, HttpUpstream
+
+log = logging.getLogger(__name__)
+
+Record = ConsumerRecord[bytes, bytes]
+# Fetched-but-not-done records per partition above which the partition is paused.
+BACKPRESSURE_HIGH = 2048
+BACKPRESSURE_LOW = 512
+
+
+@dataclass(eq=False, slots=True)
+class PartitionState:
+    """What the sidecar holds for one assigned partition."""
+
+    tp: TopicPartition
+    offsets: PartitionOffsets = field(default_factory=PartitionOffsets)
+    revoked: bool = False
+    lanes: set[Hashable] = field(default_factory=set)
+
+
+@dataclass(eq=False, slots=True)
+class _Lane:
+    key: Hashable
+    state: PartitionState
+    queue: deque[Record] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+
+
+class Dispatcher:
+    """Delivers records handed to it by :meth:`submit`."""
+
+    def __init__(
+        self,
+        *,
+        upstream: HttpUpstream,
+        health: AppHealth,
+        listener: KafkaListener,
+        policy: RetryPolicy,
+        dead_letters: DeadLetterWriter | None,
+        metrics: Metrics,
+        forwarded_headers: frozenset[str],
+        ordering: str = "partition",
+        max_in_flight: int = 16,
+        max_record_bytes: int = 1024 * 1024,
+    ) -> None:
+        self.upstream = upstream
+        self.health = health
+        self.listener = listener
+        self.policy = policy
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.forwarded_headers = forwarded_headers
+        self.ordering = ordering
+        self.max_record_bytes = max_record_bytes
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._lanes: dict[Hashable, _Lane] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._in_flight = 0
+
+    def __repr__(self) -> str:
+        return f"Dispatcher(ordering={self.ordering!r}, lanes={len(self._lanes)}, in_flight={self._in_flight})"
+
+    @property
+    def lanes(self) -> int:
+        return len(self._lanes)
+
+    def submit(self, state: PartitionState, record: Record) -> None:
+        """Queue a record whose offset is already tracked (``state.offsets.begin``)."""
+        if self.ordering == "partition":
+            key: Hashable = state.tp
+        elif self.ordering == "key":
+            key = (state.tp, record.key)
+        else:
+            key = (state.tp, record.offset)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane(key, state)
+            state.lanes.add(key)
+            lane.queue.append(record)
+            lane.task = asyncio.create_task(self._run(lane), name=f"ktp-lane-{state.tp.partition}")
+            self._idle.clear()
+        else:
+            lane.queue.append(record)
+
+    def check_backpressure(self, state: PartitionState) -> None:
+        """Pause a partition whose undone records pile up; resume it once they drain."""
+        pending = state.offsets.pending
+        if pending >= BACKPRESSURE_HIGH:
+            self.listener.pause((state.tp,), "backpressure")
+        elif pending <= BACKPRESSURE_LOW and "backpressure" in self.listener.paused(state.tp):
+            self.listener.resume((state.tp,), "backpressure")
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until every queued record is done; False if ``timeout`` ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def settle(self, states: list[PartitionState], timeout: float) -> None:
+        """Stop the lanes of revoked partitions: let the record in flight finish within
+        ``timeout``, then cancel. Queued records are abandoned (the next owner fetches them)."""
+        tasks = []
+        for state in states:
+            state.revoked = True
+            for key in list(state.lanes):
+                lane = self._lanes.get(key)
+                if lane is not None and lane.task is not None:
+                    tasks.append(lane.task)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _run(self, lane: _Lane) -> None:
+        state = lane.state
+        try:
+            while lane.queue and not state.revoked:
+                record = lane.queue[0]
+                async with self._slots:
+                    self._in_flight += 1
+                    self.metrics.in_flight.set(self._in_flight)
+                    try:
+                        done = await self._deliver(state, record)
+                    finally:
+                        self._in_flight -= 1
+                        self.metrics.in_flight.set(self._in_flight)
+                if not done:
+                    break
+                lane.queue.popleft()
+                state.offsets.done(record.offset)
+                if state.offsets.pending <= BACKPRESSURE_LOW:
+                    self.check_backpressure(state)
+        finally:
+            self._lanes.pop(lane.key, None)
+            state.lanes.discard(lane.key)
+            if not self._lanes:
+                self._idle.set()
+
+    async def _deliver(self, state: PartitionState, record: Record) -> bool:
+        """Deliver one record until it is done (True) or its partition is revoked (False)."""
+        topic = record.topic
+        value = record.value
+        if value is not None and len(value) > self.max_record_bytes:
+            return await self._finish_undelivered(state, record, "value_too_large", 0, None)
+        headers, rejected = build_headers(
+            topic=topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp=record.timestamp,
+            key=record.key,
+            record_headers=record.headers,
+            forwarded=self.forwarded_headers,
+        )
+        if value is None:
+            # A tombstone: forwarded with an empty body, marked so the app can tell it from b"".
+            headers["kafka-tombstone"] = "true"
+        for name in rejected:
+            self.metrics.bad_input.labels(topic, f"header_{name}").inc()
+            log.warning(
+                "record %s[%d]@%d: header %r not forwarded (not a safe HTTP field value)",
+                topic, record.partition, record.offset, name,
+            )
+        body = value or b""
+        attempts = 0
+        status: int | None = None
+        paused_for_retry = False
+        try:
+            while not state.revoked:
+                await self.health.wait_healthy()
+                if state.revoked:
+                    return False
+                try:
+                    answer = await self.upstream.post(body, headers)
+                except AppConnectError as exc:
+                    # The app is not listening: no attempt is spent, the health gate holds us.
+                    self.metrics.delivery_attempts.labels(topic, "connection_refused").inc()
+                    self.health.mark_unhealthy(str(exc))
+                    continue
+                except AppTimeout:
+                    verdict, retry_after = Verdict(Outcome.RETRY, "timeout"), None
+                except AppUnavailable:
+                    verdict, retry_after = Verdict(Outcome.RETRY, "connection_error"), None
+                else:
+                    status = answer.status
+                    self.metrics.delivery_duration.observe(answer.seconds)
+                    verdict = classify(answer.status, answer.body, answer.content_type)
+                    retry_after = parse_retry_after(answer.retry_after, time.time())
+                attempts += 1
+                self.metrics.delivery_attempts.labels(topic, verdict.reason).inc()
+                if verdict.outcome is Outcome.DONE:
+                    self.metrics.records_delivered.labels(topic).inc()
+                    return True
+                if verdict.outcome is Outcome.DROP:
+                    self.metrics.records_dropped.labels(topic, verdict.reason).inc()
+                    log.info("record %s[%d]@%d dropped by the app", topic, record.partition, record.offset)
+                    return True
+                if verdict.outcome is Outcome.DEAD_LETTER or self.policy.exhausted(attempts):
+                    return await self._finish_undelivered(state, record, verdict.reason, attempts, status)
+                if not paused_for_retry:
+                    # Fetching more of a partition that is stuck retrying only fills memory.
+                    self.listener.pause((state.tp,), "retrying")
+                    paused_for_retry = True
+                await asyncio.sleep(self.policy.delay(attempts, retry_after))
+            return False
+        finally:
+            if paused_for_retry:
+                self.listener.resume((state.tp,), "retrying")
+
+    async def _finish_undelivered(
+        self, state: PartitionState, record: Record, reason: str, attempts: int, status: int | None
+    ) -> bool:
+        topic = record.topic
+        where = f"{topic}[{record.partition}]@{record.offset}"
+        if self.dead_letters is None:
+            self.metrics.records_dropped.labels(topic, reason).inc()
+            log.error("record %s not delivered (%s after %d attempts); dead letters are off, dropped", where, reason, attempts)
+            return True
+        dlq = await self.dead_letters.write(record, reason=reason, attempts=attempts, status=status)
+        self.metrics.dead_letters.labels(topic, reason).inc()
+        log.warning("record %s dead-lettered to %s: %s after %d attempts", where, dlq, reason, attempts)
+        return True

@@ -1,0 +1,1 @@
+"""``ktp demo``: the seeds' scenario on one machine with an embedded broker."""

@@ -1,0 +1,59 @@
+"""Errors raised by kafka-tenant-proxy.
+
+Every error carries ``retriable``: whether trying the same thing again later may succeed.
+
+    KtpError
+    ├── ConfigError            bad option, file or annotation; fix the input (not retriable)
+    ├── RouteError             a route or route source is unusable
+    │   └── RouteSourceError   the source could not be read now (retriable)
+    ├── UpstreamError          the app did not take a delivery
+    │   ├── AppUnavailable     connection refused/reset, timeout (retriable)
+    │   └── AppRejected        the app answered with a status we do not retry (not retriable)
+    └── BrokerError            Kafka could not be reached or refused us (retriable)
+"""
+
+from __future__ import annotations
+
+
+class KtpError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(KtpError):
+    """An option, config file or annotation is invalid. The message names it and says why."""
+
+
+class RouteError(KtpError):
+    """A route, route table or route source is invalid."""
+
+
+class RouteSourceError(RouteError):
+    """A route source could not be read right now; the last good table stays in force."""
+
+    retriable = True
+
+
+class UpstreamError(KtpError):
+    """The app (our upstream) did not take a delivery."""
+
+
+class AppUnavailable(UpstreamError):
+    """Connection error or timeout talking to the app."""
+
+    retriable = True
+
+
+class AppRejected(UpstreamError):
+    """The app answered with a status that is not retried."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BrokerError(KtpError):
+    """Kafka could not be reached or refused an operation."""
+
+    retriable = True

@@ -1,0 +1,1 @@
+"""Our downstream: the Kafka listener and its commit watermarks."""

@@ -1,0 +1,77 @@
+"""Every metric of the sidecar, built in one place with one prefix and fixed label names.
+
+Each sidecar owns a :class:`Metrics` with its own registry, so several sidecars in one process
+(tests, the demo) do not share counters. Label values are bounded sets (topics, partitions,
+reasons); tenants are never labels.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+PREFIX = "ktp_"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """The ``ktp_*`` metrics of one sidecar."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.records_consumed = Counter(
+            PREFIX + "records_consumed", "Records fetched from Kafka.", ["topic"], registry=r
+        )
+        self.records_delivered = Counter(
+            PREFIX + "records_delivered", "Records the app took (2xx).", ["topic"], registry=r
+        )
+        self.records_skipped = Counter(
+            PREFIX + "records_skipped",
+            "Records not forwarded because another version handles them, by reason.",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.records_dropped = Counter(
+            PREFIX + "records_dropped",
+            "Records done without delivery: the app said DROP, or dead-lettering is off.",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.bad_input = Counter(
+            PREFIX + "bad_input",
+            "Record parts we could not use as they were (bad baggage, unsafe header values).",
+            ["topic", "kind"],
+            registry=r,
+        )
+        self.delivery_attempts = Counter(
+            PREFIX + "delivery_attempts",
+            "POSTs to the app, by outcome (ok, http_<status>, timeout, connection_error, ...).",
+            ["topic", "outcome"],
+            registry=r,
+        )
+        self.delivery_duration = Histogram(
+            PREFIX + "delivery_duration_seconds",
+            "Time of one POST to the app, answer included.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            PREFIX + "dead_letters", "Records written to the dead-letter topic.", ["topic", "reason"], registry=r
+        )
+        self.consumer_lag = Gauge(
+            PREFIX + "consumer_lag",
+            "High watermark minus the next offset to fetch, per partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.commits = Counter(PREFIX + "commits", "Offset commits, by result.", ["result"], registry=r)
+        self.route_tenants = Gauge(PREFIX + "route_tenants", "Tenants with a live route in the table.", registry=r)
+        self.route_table_version = Gauge(PREFIX + "route_table_version", "Route table version.", registry=r)
+        self.route_source_errors = Counter(
+            PREFIX + "route_source_errors", "Failures reading the route source.", registry=r
+        )
+        self.app_healthy = Gauge(PREFIX + "app_healthy", "1 when the app answers its health check.", registry=r)
+        self.in_flight = Gauge(PREFIX + "deliveries_in_flight", "Deliveries started and not done.", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

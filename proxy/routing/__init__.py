@@ -1,0 +1,1 @@
+"""Routing: tenant extraction, the route table, its sources and the route filter."""

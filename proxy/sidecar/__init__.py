@@ -1,0 +1,1 @@
+"""``ktp sidecar``: options (``config.py``), the runtime wiring the parts (``runtime.py``)."""

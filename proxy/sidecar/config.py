@@ -1,0 +1,172 @@
+"""``ktp sidecar`` options and the :class:`SidecarConfig` built from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from proxy.config import (
+    Option,
+    parse_csv,
+    parse_host_port,
+    parse_positive_float,
+    parse_positive_int,
+)
+from proxy.delivery.policy import DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS
+from proxy.errors import ConfigError
+from proxy.kafka import KAFKA_OPTIONS, KafkaConnection
+from proxy.routing.table import check_name
+from proxy.routing.tenant import DEFAULT_TENANT_KEY
+
+DEFAULT_ROUTES = "kafka:"
+DEFAULT_ROUTES_TOPIC = "_ktp_routes"
+DEFAULT_ADMIN_ADDR = "127.0.0.1:15000"
+DEFAULT_METRICS_ADDR = "0.0.0.0:15090"
+DEFAULT_PUBLISH_ADDR = "127.0.0.1:15001"
+DEFAULT_MAX_IN_FLIGHT = 16
+DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
+DEFAULT_DRAIN_TIMEOUT = 10.0
+DEFAULT_COMMIT_INTERVAL = 1.0
+DEFAULT_APP_TIMEOUT = 10.0
+BASELINE_DEAD_LETTER = "{topic}.dlq"
+SANDBOX_DEAD_LETTER = "{topic}.{sandbox}.dlq"
+ORDERINGS = ("partition", "key", "none")
+
+SIDECAR_OPTIONS = (
+    *KAFKA_OPTIONS,
+    Option("service", "this pod's service, e.g. orders-worker", required=True),
+    Option("sandbox", "this pod's sandbox, e.g. pr-42; absent for a baseline pod"),
+    Option("group", "the service's baseline consumer group; sandbox pods use <group>-<sandbox>", required=True),
+    Option("topics", "topics to consume, comma-separated", required=True, parse=parse_csv),
+    Option("app-url", "where deliveries are POSTed, e.g. http://127.0.0.1:8080/events", required=True),
+    Option("app-health-url", "GET that answers 2xx when the app is ready (default: TCP connect to app-url)"),
+    Option("app-timeout", "seconds one delivery may take", DEFAULT_APP_TIMEOUT, parse=parse_positive_float),
+    Option("app-token-file", "file with a token sent to the app as 'authorization: Bearer <token>'"),
+    Option(
+        "routes",
+        "route source: kafka: | kafka:<topic> | http://host:port | file:<path>",
+        DEFAULT_ROUTES,
+    ),
+    Option("tenant-key", "baggage key holding the tenant", DEFAULT_TENANT_KEY),
+    Option("ordering", "delivery order: per partition, per key, or none", "partition", choices=ORDERINGS),
+    Option("max-in-flight", "deliveries in flight at once", DEFAULT_MAX_IN_FLIGHT, parse=parse_positive_int),
+    Option("max-attempts", "attempts before a retriable failure is dead-lettered", DEFAULT_MAX_ATTEMPTS, parse=parse_positive_int),
+    Option("backoff-initial", "first retry delay, seconds", DEFAULT_BACKOFF_INITIAL, parse=parse_positive_float),
+    Option("backoff-max", "longest retry delay, seconds", DEFAULT_BACKOFF_MAX, parse=parse_positive_float),
+    Option(
+        "dead-letter-topic",
+        "dead-letter topic template ({topic}, {sandbox}) or 'none' to drop after logging "
+        f"(default {BASELINE_DEAD_LETTER} for baseline, {SANDBOX_DEAD_LETTER} for sandboxes)",
+    ),
+    Option("max-record-bytes", "largest value forwarded; larger ones are dead-lettered", DEFAULT_MAX_RECORD_BYTES, parse=parse_positive_int),
+    Option("auto-offset-reset", "where a group with no committed offset starts", "latest", choices=("earliest", "latest")),
+    Option("publish-addr", "address of the publish API", DEFAULT_PUBLISH_ADDR, parse=parse_host_port),
+    Option("admin-addr", "address of the admin server", DEFAULT_ADMIN_ADDR, parse=parse_host_port),
+    Option("metrics-addr", "address of the Prometheus metrics server", DEFAULT_METRICS_ADDR, parse=parse_host_port),
+    Option("drain-timeout", "seconds to finish in-flight deliveries on shutdown", DEFAULT_DRAIN_TIMEOUT, parse=parse_positive_float),
+    Option("commit-interval", "seconds between offset commits", DEFAULT_COMMIT_INTERVAL, parse=parse_positive_float),
+    Option("log-level", "log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SidecarConfig:
+    """Everything one sidecar needs. Build it with :meth:`from_options` or directly in tests."""
+
+    kafka: KafkaConnection
+    service: str
+    group: str
+    topics: tuple[str, ...]
+    app_url: str
+    sandbox: str | None = None
+    app_health_url: str | None = None
+    app_timeout: float = DEFAULT_APP_TIMEOUT
+    app_token_file: str | None = None
+    routes: str = DEFAULT_ROUTES
+    tenant_key: str = DEFAULT_TENANT_KEY
+    ordering: str = "partition"
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    backoff_initial: float = DEFAULT_BACKOFF_INITIAL
+    backoff_max: float = DEFAULT_BACKOFF_MAX
+    dead_letter_topic: str | None = None
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    auto_offset_reset: str = "latest"
+    publish_addr: tuple[str, int] = ("127.0.0.1", 15001)
+    admin_addr: tuple[str, int] = ("127.0.0.1", 15000)
+    metrics_addr: tuple[str, int] = ("0.0.0.0", 15090)
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    commit_interval: float = DEFAULT_COMMIT_INTERVAL
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check = _checked
+        check("--service", lambda: check_name("service", self.service))
+        if self.sandbox is not None:
+            check("--sandbox", lambda: check_name("sandbox", self.sandbox or ""))
+        if not self.topics:
+            raise ConfigError("--topics: give at least one topic")
+        url = urlsplit(self.app_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"--app-url {self.app_url!r} must be an http:// or https:// URL")
+        if self.ordering not in ORDERINGS:
+            raise ConfigError(f"--ordering must be one of {', '.join(ORDERINGS)}")
+        template = self.dead_letter_template
+        if template is not None:
+            if self.sandbox is not None and "{sandbox}" not in template:
+                raise ConfigError(
+                    f"--dead-letter-topic {template!r}: a sandbox pod's dead-letter topic must "
+                    "contain {sandbox}, so a sandbox never writes where baseline reads"
+                )
+            try:
+                template.format(topic="t", sandbox="s")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ConfigError(
+                    f"--dead-letter-topic {template!r}: only {{topic}} and {{sandbox}} may be used"
+                ) from exc
+        if self.app_token_file is not None and not Path(self.app_token_file).is_file():
+            raise ConfigError(f"--app-token-file {self.app_token_file!r} is not a readable file")
+
+    @property
+    def consumer_group(self) -> str:
+        """Baseline pods use the service's group G, sandbox pods ``G-<sandbox>``."""
+        return self.group if self.sandbox is None else f"{self.group}-{self.sandbox}"
+
+    @property
+    def dead_letter_template(self) -> str | None:
+        """Template of the dead-letter topic name, or None when dead letters are dropped."""
+        if self.dead_letter_topic == "none":
+            return None
+        if self.dead_letter_topic:
+            return self.dead_letter_topic
+        return BASELINE_DEAD_LETTER if self.sandbox is None else SANDBOX_DEAD_LETTER
+
+    def dead_letter_topic_for(self, topic: str) -> str | None:
+        template = self.dead_letter_template
+        return None if template is None else template.format(topic=topic, sandbox=self.sandbox or "")
+
+    def app_token(self) -> str | None:
+        if self.app_token_file is None:
+            return None
+        return Path(self.app_token_file).read_text(encoding="utf-8").strip() or None
+
+    @classmethod
+    def from_options(cls, values: dict[str, Any]) -> SidecarConfig:
+        names = {f.name for f in fields(cls)} - {"kafka", "extra"}
+        return cls(kafka=KafkaConnection.from_options(values), **{k: v for k, v in values.items() if k in names})
+
+    def redacted(self) -> dict[str, Any]:
+        """The config for ``/config``-style output: paths are shown, secrets never read."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("kafka", "extra")}
+        out["kafka"] = repr(self.kafka)
+        return out
+
+
+def _checked(flag: str, check: Any) -> None:
+    try:
+        check()
+    except Exception as exc:  # RouteError from name checks, reported as a config problem
+        raise ConfigError(f"{flag}: {exc}") from exc

@@ -1,0 +1,334 @@
+"""The sidecar runtime: wires listener → route filter → dispatcher → app, plus admin and metrics.
+
+Lifecycle (uvicorn's shape): :meth:`Sidecar.start` brings the parts up (servers first, so probes
+answer while the rest starts), :meth:`Sidecar.run` is the fetch loop, :meth:`Sidecar.stop`
+drains: stop fetching, let queued deliveries finish within ``drain_timeout``, abandon the rest,
+commit what is done, leave the group. :meth:`Sidecar.serve` does all three and handles signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import signal
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+
+from proxy.admin.server import HttpServer, admin_routes, metrics_routes
+from proxy.delivery.dead_letter import DeadLetterWriter
+from proxy.delivery.dispatcher import PartitionState, Dispatcher
+from proxy.delivery.headers import forwarded_header_names
+from proxy.delivery.policy import RetryPolicy
+from proxy.listener.kafka import KafkaListener
+from proxy.metrics import Metrics
+from proxy.routing.filter import RouteFilter
+from proxy.routing.sources import RouteSource, create_route_source
+from proxy.routing.tenant import TenantExtractor
+from proxy.sidecar.config import SidecarConfig
+from proxy.upstream.health import AppHealth
+from proxy.upstream.http import HttpUpstream
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT_MS = 500
+FETCH_MAX_RECORDS = 2000
+REVOKE_TIMEOUT = 5.0
+DECISIONS_KEPT = 256
+
+
+class Sidecar:
+    """One sidecar: a consumer group member that forwards its pod's records to the app."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        route_source: RouteSource | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.route_source = route_source or create_route_source(
+            config.routes, on_error=lambda _: self.metrics.route_source_errors.inc()
+        )
+        self.table = self.route_source.table
+        self.filter = RouteFilter(config.service, config.sandbox, self.table)
+        self.extractor = TenantExtractor(config.tenant_key)
+        self.health = AppHealth(
+            config.app_url, health_url=config.app_health_url, on_change=self._app_health_changed
+        )
+        self.upstream = HttpUpstream(
+            config.app_url,
+            timeout=config.app_timeout,
+            max_connections=config.max_in_flight,
+            token=config.app_token(),
+        )
+        self.dead_letters = (
+            DeadLetterWriter(
+                config.kafka,
+                topic_for=config.dead_letter_topic_for,
+                service=config.service,
+                sandbox=config.sandbox,
+            )
+            if config.dead_letter_template is not None
+            else None
+        )
+        self.listener = KafkaListener(
+            config.kafka,
+            group=config.consumer_group,
+            topics=config.topics,
+            on_assigned=self._assigned,
+            on_revoked=self._revoked,
+            auto_offset_reset=config.auto_offset_reset,
+            client_id=f"ktp-{config.service}" + (f"-{config.sandbox}" if config.sandbox else ""),
+        )
+        self.dispatcher = Dispatcher(
+            upstream=self.upstream,
+            health=self.health,
+            listener=self.listener,
+            policy=RetryPolicy(
+                max_attempts=config.max_attempts,
+                initial=config.backoff_initial,
+                maximum=config.backoff_max,
+            ),
+            dead_letters=self.dead_letters,
+            metrics=self.metrics,
+            forwarded_headers=forwarded_header_names(),
+            ordering=config.ordering,
+            max_in_flight=config.max_in_flight,
+            max_record_bytes=config.max_record_bytes,
+        )
+        self.admin = HttpServer(
+            config.admin_addr,
+            admin_routes(readiness=self.readiness, routes=self._routes_view, decisions=self._decisions_view),
+            name="admin",
+        )
+        self.metrics_server = HttpServer(config.metrics_addr, metrics_routes(self._render_metrics), name="metrics")
+        self._partitions: dict[TopicPartition, PartitionState] = {}
+        self._decisions: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=DECISIONS_KEPT)
+        self._stopping = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._commit_task: asyncio.Task[None] | None = None
+        self._started: list[Any] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"Sidecar(service={self.config.service!r}, sandbox={self.config.sandbox!r}, "
+            f"group={self.config.consumer_group!r}, topics={self.config.topics!r})"
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        log.info("starting %r", self)
+        for part in (self.metrics_server, self.admin, self.route_source, self.health, self.upstream):
+            await part.start()
+            self._started.append(part)
+        if self.dead_letters is not None:
+            await self.dead_letters.start()
+            self._started.append(self.dead_letters)
+        await self.listener.start()
+        self._commit_task = asyncio.create_task(self._commit_loop(), name="ktp-commit")
+
+    async def run(self) -> None:
+        """Fetch, decide and dispatch until :meth:`request_stop`."""
+        while not self._stopping.is_set():
+            batch = await self.listener.fetch(FETCH_TIMEOUT_MS, FETCH_MAX_RECORDS)
+            for tp, records in batch.items():
+                state = self._partitions.get(tp)
+                if state is not None and not state.revoked:
+                    self._handle(state, records)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Drain, commit, leave the group, close everything. Safe to call once after start."""
+        self._stopping.set()
+        drained = await self.dispatcher.drain(self.config.drain_timeout)
+        if not drained:
+            log.warning("drain timeout (%.1fs): abandoning undelivered records", self.config.drain_timeout)
+        await self.dispatcher.settle(list(self._partitions.values()), REVOKE_TIMEOUT)
+        if self._commit_task is not None:
+            self._commit_task.cancel()
+            try:
+                await self._commit_task
+            except asyncio.CancelledError:
+                pass
+        await self.commit()
+        try:
+            await self.listener.stop()
+        except KafkaError as exc:
+            log.warning("leaving the group failed: %r", exc)
+        for part in reversed(self._started):
+            await part.stop()
+        self._started.clear()
+        log.info("stopped %r", self)
+
+    async def serve(self) -> int:
+        """Run until SIGTERM/SIGINT, then stop gracefully. A second signal stops at once."""
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        signals = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            log.info("received %s", signal.Signals(signum).name)
+            if signals == 1:
+                self.request_stop()
+            elif main is not None:
+                main.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await self.start()
+            await self.run()
+        finally:
+            await self.stop()
+        return 0
+
+    async def __aenter__(self) -> Sidecar:
+        await self.start()
+        self._run_task = asyncio.create_task(self.run(), name="ktp-run")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.request_stop()
+        await self._run_task
+        await self.stop()
+
+    # -- the hot path ----------------------------------------------------------------------------
+
+    def _handle(self, state: PartitionState, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        topic = state.tp.topic
+        m = self.metrics
+        m.records_consumed.labels(topic).inc(len(records))
+        offsets = state.offsets
+        decide = self.filter.decide
+        from_headers = self.extractor.from_headers
+        keep = self._decisions.append
+        submit = self.dispatcher.submit
+        skipped: dict[str, int] = {}
+        for record in records:
+            lookup = from_headers(record.headers)
+            decision = decide(lookup, record.timestamp)
+            keep((topic, record.partition, record.offset, record.timestamp, lookup.tenant, decision))
+            if lookup.problem is not None:
+                m.bad_input.labels(topic, lookup.problem).inc()
+                log.warning(
+                    "record %s[%d]@%d: %s, decided %s",
+                    topic, record.partition, record.offset, lookup.problem, decision,
+                )
+            if decision.deliver:
+                offsets.begin(record.offset)
+                submit(state, record)
+            else:
+                offsets.done_now(record.offset)
+                skipped[decision.reason] = skipped.get(decision.reason, 0) + 1
+        for reason, count in skipped.items():
+            m.records_skipped.labels(topic, reason).inc(count)
+        self.dispatcher.check_backpressure(state)
+
+    # -- partitions and commits ------------------------------------------------------------------
+
+    async def _assigned(self, assigned: frozenset[TopicPartition]) -> None:
+        for tp in assigned:
+            if tp not in self._partitions:
+                self._partitions[tp] = PartitionState(tp)
+        if not self.health.healthy:
+            self.listener.pause(assigned, "app_unhealthy")
+
+    async def _revoked(self, revoked: frozenset[TopicPartition]) -> None:
+        states = [self._partitions[tp] for tp in revoked if tp in self._partitions]
+        await self.dispatcher.settle(states, REVOKE_TIMEOUT)
+        await self.commit(revoked)
+        for state in states:
+            state.offsets.abandon()
+            self._partitions.pop(state.tp, None)
+
+    async def commit(self, only: frozenset[TopicPartition] | None = None) -> None:
+        """Commit the done watermark of every partition (or of ``only``) that moved."""
+        async with self._commit_lock:
+            offsets = {
+                tp: state.offsets.position
+                for tp, state in self._partitions.items()
+                if state.offsets.dirty and (only is None or tp in only)
+            }
+            if not offsets:
+                return
+            try:
+                await self.listener.commit(offsets)  # type: ignore[arg-type]
+            except KafkaError as exc:
+                self.metrics.commits.labels("failed").inc()
+                log.warning("commit failed (the records will be redelivered): %r", exc)
+                return
+            self.metrics.commits.labels("ok").inc()
+            for tp, position in offsets.items():
+                state = self._partitions.get(tp)
+                if state is not None and position is not None:
+                    state.offsets.mark_committed(position)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.commit_interval)
+            try:
+                await self.commit()
+                self._update_gauges()
+            except Exception:  # keep committing whatever one round hit
+                log.exception("commit round failed")
+
+    def _update_gauges(self) -> None:
+        for tp, state in self._partitions.items():
+            highwater = self.listener.highwater(tp)
+            position = state.offsets.position
+            if highwater is not None and position is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
+        self.metrics.route_tenants.set(len(self.table))
+        self.metrics.route_table_version.set(self.table.version)
+
+    def _app_health_changed(self, healthy: bool) -> None:
+        self.metrics.app_healthy.set(1 if healthy else 0)
+        assigned = self.listener.assignment()
+        if healthy:
+            self.listener.resume(assigned, "app_unhealthy")
+        else:
+            self.listener.pause(assigned, "app_unhealthy")
+
+    # -- admin views -------------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        checks = {
+            "group_joined": self.listener.joined,
+            "routes_synced": self.table.synced,
+            "app_healthy": self.health.healthy,
+            "stopping": self._stopping.is_set(),
+        }
+        ready = checks["group_joined"] and checks["routes_synced"] and checks["app_healthy"] and not checks["stopping"]
+        return bool(ready), checks
+
+    def _routes_view(self) -> dict[str, Any]:
+        return {"source": self.route_source.describe(), **self.table.snapshot()}
+
+    def _decisions_view(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "timestamp": timestamp,
+                "tenant": tenant,
+                "decision": "deliver" if decision.deliver else "skip",
+                "reason": decision.reason,
+            }
+            for topic, partition, offset, timestamp, tenant, decision in reversed(self._decisions)
+        ]
+
+    def _render_metrics(self) -> bytes:
+        self._update_gauges()
+        return self.metrics.render()

@@ -1,0 +1,112 @@
+"""RecordingApp: a small real HTTP app that takes deliveries and remembers them.
+
+Used by the demo, the integration tests and the benchmarks as "the app next to the sidecar".
+Its answers can be scripted (``answer``) to exercise retries and dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from proxy.testing.broker import free_port
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One delivery as the app saw it."""
+
+    body: bytes
+    headers: dict[str, str]
+    raw_headers: tuple[tuple[bytes, bytes], ...]
+
+    @property
+    def topic(self) -> str:
+        return self.headers["kafka-topic"]
+
+    @property
+    def partition(self) -> int:
+        return int(self.headers["kafka-partition"])
+
+    @property
+    def offset(self) -> int:
+        return int(self.headers["kafka-offset"])
+
+
+# An answer: (status, extra headers, body) for a delivery, given it and the call number.
+Answer = Callable[[Received, int], tuple[int, dict[str, str], bytes]]
+
+
+def always_ok(_: Received, __: int) -> tuple[int, dict[str, str], bytes]:
+    return 200, {}, b""
+
+
+@dataclass(eq=False)
+class RecordingApp:
+    """An aiohttp app on 127.0.0.1 that records every delivery it answers 2xx to."""
+
+    name: str = "app"
+    answer: Answer = always_ok
+    port: int = field(default_factory=free_port)
+    received: list[Received] = field(default_factory=list)
+    calls: int = 0
+    _runner: web.AppRunner | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/events"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.calls += 1
+        seen = Received(
+            body,
+            {k.lower(): v for k, v in request.headers.items()},
+            tuple(request.raw_headers),
+        )
+        status, headers, answer = self.answer(seen, self.calls)
+        if 200 <= status < 300:
+            self.received.append(seen)
+            self._changed.set()
+        return web.Response(status=status, headers=headers, body=answer)
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_post("/events", self._handle)
+        app.router.add_get("/healthz", self._healthz)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> RecordingApp:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:
+        """Wait until at least ``count`` deliveries were taken; fail with what arrived if not."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.received) < count:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError(f"{self.name}: {len(self.received)} of {count} deliveries within {timeout}s")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+        return self.received

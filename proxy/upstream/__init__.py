@@ -1,0 +1,1 @@
+"""Our upstream: the app, reached over localhost HTTP, and its health."""

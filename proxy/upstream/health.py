@@ -1,0 +1,123 @@
+"""AppHealth: is the app ready to take deliveries?
+
+No record is fetched for delivery while the app is not healthy (DESIGN.md, ``--app-health-url``).
+The probe is a GET of ``--app-health-url`` (healthy on 2xx) or, by default, a TCP connect to the
+app URL's host and port. A delivery that cannot connect marks the app unhealthy at once, so the
+sidecar stops fetching instead of burning retry attempts on a restarting app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL = 1.0
+UNHEALTHY_INTERVAL = 0.25
+PROBE_TIMEOUT = 2.0
+
+
+class AppHealth:
+    """Probes the app periodically; ``healthy`` and ``wait_healthy()`` tell the sidecar."""
+
+    def __init__(
+        self,
+        app_url: str,
+        *,
+        health_url: str | None = None,
+        interval: float = DEFAULT_INTERVAL,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        parts = urlsplit(app_url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.health_url = health_url
+        self.interval = interval
+        self._on_change = on_change
+        self._healthy = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._wake = asyncio.Event()
+
+    def __repr__(self) -> str:
+        target = self.health_url or f"tcp://{self.host}:{self.port}"
+        return f"AppHealth(target={target!r}, healthy={self.healthy})"
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy.is_set()
+
+    async def wait_healthy(self) -> None:
+        await self._healthy.wait()
+
+    def mark_unhealthy(self, why: str) -> None:
+        """A delivery could not reach the app: stop until the probe says otherwise."""
+        if self.healthy:
+            log.warning("app marked unhealthy: %s", why)
+            self._set(False)
+            self._wake.set()
+
+    async def start(self) -> None:
+        if self.health_url:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT))
+        self._task = asyncio.create_task(self._run(), name="ktp-app-health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def probe(self) -> bool:
+        """One probe of the app; True when it answers."""
+        if self._session is not None and self.health_url:
+            try:
+                async with self._session.get(self.health_url) as response:
+                    return 200 <= response.status < 300
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                return False
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), PROBE_TIMEOUT
+            )
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            ok = await self.probe()
+            if ok != self.healthy:
+                log.info("app is %s", "healthy" if ok else "not healthy")
+                self._set(ok)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(
+                    self._wake.wait(), self.interval if ok else UNHEALTHY_INTERVAL
+                )
+            except asyncio.TimeoutError:
+                pass
+
+    def _set(self, healthy: bool) -> None:
+        if healthy:
+            self._healthy.set()
+        else:
+            self._healthy.clear()
+        if self._on_change is not None:
+            self._on_change(healthy)
