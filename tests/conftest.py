@@ -85,6 +85,8 @@ def sidecar_config(
         backoff_initial=0.02,
         backoff_max=0.2,
         drain_timeout=5.0,
+        # Tansu holds a join for half the session timeout; short sessions keep tests fast.
+        session_timeout=2.0,
     )
     values.update(overrides)
     return SidecarConfig(**values)  # type: ignore[arg-type]

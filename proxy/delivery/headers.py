@@ -43,7 +43,7 @@ def valid_field_value(raw: bytes) -> bool:
     """RFC 9110 field-value limited to visible ASCII, SP and HTAB, at most 8 KiB, no edge spaces."""
     return (
         len(raw) <= MAX_HEADER_VALUE
-        and _FIELD_VALUE.match(raw) is not None
+        and _FIELD_VALUE.fullmatch(raw) is not None
         and raw == raw.strip(b" \t")
     )
 
@@ -83,7 +83,7 @@ def build_headers(
         if lowered == "content-type":
             seen.add(lowered)
             text = value.decode("ascii", "replace") if value is not None else ""
-            if value is not None and valid_field_value(value) and _MEDIA_TYPE.match(text):
+            if value is not None and valid_field_value(value) and _MEDIA_TYPE.fullmatch(text):
                 headers["content-type"] = text
             else:
                 rejected.append(lowered)

@@ -29,7 +29,7 @@ _TENANT_PATTERN = re.compile(r"^[\x21-\x7e]{1,256}$")
 
 def check_name(kind: str, value: str) -> str:
     """Validate a service or sandbox name; raise :class:`RouteError` saying what is wrong."""
-    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise RouteError(
             f"{kind} name {value!r} is invalid: use 1-63 lowercase letters, digits and '-', "
             "starting and ending with a letter or digit"
@@ -39,7 +39,7 @@ def check_name(kind: str, value: str) -> str:
 
 def check_tenant(value: str) -> str:
     """Validate a tenant (routing key): 1-256 visible ASCII characters, no spaces."""
-    if not isinstance(value, str) or not _TENANT_PATTERN.match(value):
+    if not isinstance(value, str) or not _TENANT_PATTERN.fullmatch(value):
         raise RouteError(
             f"tenant {value[:64]!r} is invalid: use 1-{TENANT_MAX_LENGTH} visible ASCII "
             "characters with no spaces"

@@ -30,6 +30,7 @@ DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
 DEFAULT_DRAIN_TIMEOUT = 10.0
 DEFAULT_COMMIT_INTERVAL = 1.0
 DEFAULT_APP_TIMEOUT = 10.0
+DEFAULT_SESSION_TIMEOUT = 10.0
 BASELINE_DEAD_LETTER = "{topic}.dlq"
 SANDBOX_DEAD_LETTER = "{topic}.{sandbox}.dlq"
 ORDERINGS = ("partition", "key", "none")
@@ -66,6 +67,12 @@ SIDECAR_OPTIONS = (
     Option("admin-addr", "address of the admin server", DEFAULT_ADMIN_ADDR, parse=parse_host_port),
     Option("metrics-addr", "address of the Prometheus metrics server", DEFAULT_METRICS_ADDR, parse=parse_host_port),
     Option("drain-timeout", "seconds to finish in-flight deliveries on shutdown", DEFAULT_DRAIN_TIMEOUT, parse=parse_positive_float),
+    Option(
+        "session-timeout",
+        "consumer group session timeout, seconds (brokers bound it by group.min/max.session.timeout.ms)",
+        DEFAULT_SESSION_TIMEOUT,
+        parse=parse_positive_float,
+    ),
     Option("commit-interval", "seconds between offset commits", DEFAULT_COMMIT_INTERVAL, parse=parse_positive_float),
     Option("log-level", "log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
@@ -99,6 +106,7 @@ class SidecarConfig:
     metrics_addr: tuple[str, int] = ("0.0.0.0", 15090)
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
 

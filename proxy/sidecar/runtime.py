@@ -85,6 +85,11 @@ class Sidecar:
             on_revoked=self._revoked,
             auto_offset_reset=config.auto_offset_reset,
             client_id=f"ktp-{config.service}" + (f"-{config.sandbox}" if config.sandbox else ""),
+            consumer_options={
+                "session_timeout_ms": int(config.session_timeout * 1000),
+                # Kafka's rule of thumb: heartbeat at most a third of the session timeout.
+                "heartbeat_interval_ms": int(min(3.0, config.session_timeout / 3) * 1000),
+            },
         )
         self.dispatcher = Dispatcher(
             upstream=self.upstream,

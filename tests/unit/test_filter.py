@@ -1,0 +1,76 @@
+"""The decision rule: for any record, exactly one version of a service handles it."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.routing.filter import Deliver, RouteFilter, Skip
+from proxy.routing.table import Route, RouteTable
+from proxy.routing.tenant import TenantLookup
+
+SERVICE = "orders-worker"
+
+
+def table_with(*routes: Route) -> RouteTable:
+    table = RouteTable()
+    for route in routes:
+        table.apply(route)
+    return table
+
+
+def test_decision_table() -> None:
+    table = table_with(
+        Route.build("123", {SERVICE: "pr-42"}, 0),
+        Route.build("456", {"billing": "pr-9"}, 0),
+    )
+    baseline = RouteFilter(SERVICE, None, table)
+    sandbox = RouteFilter(SERVICE, "pr-42", table)
+    other = RouteFilter(SERVICE, "pr-7", table)
+    cases = {
+        "123": (Skip("routed_to_sandbox"), Deliver("routed_here"), Skip("not_routed_here")),
+        "456": (Deliver("not_routed"), Skip("not_routed_here"), Skip("not_routed_here")),
+        "999": (Deliver("not_routed"), Skip("not_routed_here"), Skip("not_routed_here")),
+    }
+    for tenant, expected in cases.items():
+        got = tuple(f.decide(TenantLookup(tenant), 1) for f in (baseline, sandbox, other))
+        assert got == expected, tenant
+    assert baseline.decide(TenantLookup(None), 1) == Deliver("no_tenant")
+    assert sandbox.decide(TenantLookup(None), 1) == Skip("no_tenant")
+    bad = TenantLookup(None, "baggage_not_utf8")
+    assert baseline.decide(bad, 1) == Deliver("baggage_not_utf8")
+    assert sandbox.decide(bad, 1) == Skip("baggage_not_utf8")
+
+
+def test_decided_by_the_route_in_force_at_the_record_time() -> None:
+    table = table_with(Route.build("123", {SERVICE: "pr-42"}, 1000))
+    table.apply(Route.build("123", {}, 2000))  # deleted at t=2000
+    sandbox = RouteFilter(SERVICE, "pr-42", table)
+    baseline = RouteFilter(SERVICE, None, table)
+    assert [sandbox.decide(TenantLookup("123"), t).deliver for t in (999, 1000, 1999, 2000)] == [
+        False, True, True, False,
+    ]
+    assert [baseline.decide(TenantLookup("123"), t).deliver for t in (999, 1000, 1999, 2000)] == [
+        True, False, False, True,
+    ]
+
+
+sandboxes = st.sampled_from(["pr-1", "pr-2", "pr-3"])
+services = st.sampled_from([SERVICE, "billing", "shipping"])
+changes = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.dictionaries(services, sandboxes, max_size=3),
+        st.integers(0, 100),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=1000)
+@given(changes, st.sampled_from(["a", "b", "c", "d", None]), st.integers(0, 120))
+def test_exactly_one_version_delivers(history: list, tenant: str | None, at: int) -> None:
+    table = table_with(*(Route.build(t, s, when) for t, s, when in history))
+    versions = [RouteFilter(SERVICE, x, table) for x in (None, "pr-1", "pr-2", "pr-3")]
+    delivered = [f.sandbox for f in versions if f.decide(TenantLookup(tenant), at).deliver]
+    assert len(delivered) == 1, delivered

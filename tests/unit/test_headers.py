@@ -1,0 +1,76 @@
+"""Delivery headers: allowlisted, valid field values only, never an injected header."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.delivery.headers import (
+    CONTEXT_HEADERS,
+    build_headers,
+    forwarded_header_names,
+    valid_field_value,
+)
+
+FORWARDED = forwarded_header_names("tracecontext,baggage")
+META = {"content-type", "kafka-topic", "kafka-partition", "kafka-offset", "kafka-timestamp", "kafka-key"}
+
+
+def build(headers: list[tuple[str, bytes]], key: bytes | None = b"k") -> tuple[dict[str, str], list[str]]:
+    return build_headers(
+        topic="t", partition=1, offset=2, timestamp=3, key=key, record_headers=headers, forwarded=FORWARDED
+    )
+
+
+def test_metadata_and_context_headers() -> None:
+    headers, rejected = build(
+        [("traceparent", b"00-abc-def-01"), ("baggage", b"tenant=1"), ("x-secret", b"no"), ("content-type", b"application/json")],
+        key=b"a b/\xff",
+    )
+    assert headers == {
+        "content-type": "application/json",
+        "kafka-topic": "t",
+        "kafka-partition": "1",
+        "kafka-offset": "2",
+        "kafka-timestamp": "3",
+        "kafka-key": "a%20b%2F%FF",
+        "traceparent": "00-abc-def-01",
+        "baggage": "tenant=1",
+    }
+    assert rejected == []
+
+
+def test_unsafe_values_are_rejected_not_copied() -> None:
+    headers, rejected = build(
+        [
+            ("baggage", b"tenant=1\r\nx-injected: yes"),
+            ("traceparent", b"\xff\xfe"),
+            ("tracestate", b"a\x00b"),
+            ("content-type", b"text/plain\r\nevil: 1"),
+        ]
+    )
+    assert set(rejected) == {"baggage", "traceparent", "tracestate", "content-type"}
+    assert "baggage" not in headers and headers["content-type"] == "application/octet-stream"
+
+
+def test_b3_only_when_configured() -> None:
+    assert "b3" not in FORWARDED and "x-b3-traceid" not in FORWARDED
+    assert "b3" in forwarded_header_names("tracecontext,b3")
+    assert "x-b3-traceid" in forwarded_header_names("b3multi")
+
+
+names = st.one_of(st.sampled_from([*CONTEXT_HEADERS, "content-type", "authorization", "host", "Baggage"]), st.text(max_size=20))
+
+
+@settings(max_examples=5000)
+@given(st.lists(st.tuples(names, st.binary(max_size=200)), max_size=12), st.one_of(st.none(), st.binary(max_size=50)))
+def test_no_record_can_inject(record_headers: list[tuple[str, bytes]], key: bytes | None) -> None:
+    headers, _ = build(record_headers, key=key)
+    assert set(headers) <= META | set(CONTEXT_HEADERS)
+    for value in headers.values():
+        assert valid_field_value(value.encode("ascii"))
+        assert not any(c in value for c in "\r\n\x00")
+    if key is not None:
+        assert unquote_to_bytes(headers["kafka-key"]) == key
