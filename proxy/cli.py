@@ -23,6 +23,7 @@ log = logging.getLogger("proxy")
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("proxy.sidecar.command", "sidecar"),
     ("proxy.demo.command", "demo"),
+    ("proxy.injector.command", "injector"),
 )
 
 
