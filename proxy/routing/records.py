@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -76,7 +76,7 @@ class RouteRecord:
 
 def format_rfc3339(ms: int) -> str:
     """Milliseconds since the epoch → RFC 3339 in UTC with milliseconds (``…T10:51:27.123Z``)."""
-    moment = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
+    moment = datetime.fromtimestamp(ms // 1000, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
 
 
@@ -90,7 +90,7 @@ def parse_rfc3339(text: object) -> int:
         raise RouteError(f"effective_from {text!r} is not an RFC 3339 time") from exc
     if moment.tzinfo is None:
         raise RouteError(f"effective_from {text!r} has no UTC offset")
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 

@@ -3,15 +3,24 @@
 A source has ``async start()`` / ``async stop()`` and owns one table. ``table.synced`` becomes
 True once the source has read its backing store completely at least once.
 
-- ``file:<path>``      a YAML file (e.g. a mounted ConfigMap), re-read when it changes
+- ``kafka:`` / ``kafka:<topic>``  the routes topic (default ``_ktp_routes``) read directly; the default
+- ``http://host:port``   the route service, watched by long-polling ``GET /v1/routes``
+- ``file:<path>``        a YAML file (e.g. a mounted ConfigMap), re-read when it changes
+
+The ``kafka:`` and ``http:`` sources also offer ``catch_up()`` (return once the table holds every
+route written before the call) and ``synced_at_ms`` (the wall-clock time up to which the table is
+known complete), for a sidecar that meets an unknown tenant on a record newer than its table.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from proxy.routing.table import RouteTable
+
+if TYPE_CHECKING:
+    from proxy.kafka import KafkaConnection
 
 
 class RouteSource(Protocol):
@@ -28,8 +37,28 @@ class RouteSource(Protocol):
         ...
 
 
-def create_route_source(spec: str, *, on_error: Callable[[str], None] | None = None) -> RouteSource:
-    """Build the route source named by ``--routes``."""
+@runtime_checkable
+class CatchUpRouteSource(RouteSource, Protocol):
+    """A route source whose table can be brought up to date on demand (``kafka:``, ``http:``)."""
+
+    @property
+    def synced_at_ms(self) -> int:
+        """Wall-clock time (ms) before which every route written is in the table."""
+        ...
+
+    async def catch_up(self, at_ms: int | None = None) -> None:
+        """Return once the table holds every route written before the call (at once when
+        ``at_ms`` is given and already covered). Concurrent calls are coalesced."""
+        ...
+
+
+def create_route_source(
+    spec: str,
+    *,
+    on_error: Callable[[str], None] | None = None,
+    connection: KafkaConnection | None = None,
+) -> RouteSource:
+    """Build the route source named by ``--routes``; ``kafka:`` needs the sidecar's ``connection``."""
     from proxy.errors import ConfigError
 
     if spec.startswith("file:"):
@@ -39,4 +68,21 @@ def create_route_source(spec: str, *, on_error: Callable[[str], None] | None = N
         if not path:
             raise ConfigError("--routes file:<path> needs a path")
         return FileRouteSource(path, on_error=on_error)
-    raise ConfigError(f"--routes {spec!r}: unknown route source (use file:<path>)")
+    if spec.startswith("kafka:"):
+        from proxy.routing.sources.kafka import (
+            DEFAULT_ROUTES_TOPIC,
+            KafkaRouteSource,
+            check_topic_name,
+        )
+
+        if connection is None:
+            raise ConfigError(f"--routes {spec}: the kafka: route source needs the Kafka connection options")
+        topic = check_topic_name(spec[len("kafka:") :] or DEFAULT_ROUTES_TOPIC)
+        return KafkaRouteSource(connection, topic, on_error=on_error)
+    if spec.startswith(("http://", "https://")):
+        from proxy.routing.sources.http import HttpRouteSource
+
+        return HttpRouteSource(spec, on_error=on_error)
+    raise ConfigError(
+        f"--routes {spec!r}: unknown route source (use kafka:, kafka:<topic>, http://host:port or file:<path>)"
+    )

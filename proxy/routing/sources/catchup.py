@@ -27,7 +27,7 @@ class CatchUp:
     Its exceptions reach every caller that waited for it.
     """
 
-    __slots__ = ("_sync", "_task", "_started", "_completed", "synced_at_ms")
+    __slots__ = ("_completed", "_started", "_sync", "_task", "synced_at_ms")
 
     def __init__(self, sync: Callable[[], Awaitable[int]]) -> None:
         self._sync = sync

@@ -1,0 +1,333 @@
+"""``ktp routes serve``: the route service's HTTP server (API in :mod:`proxy.routeservice.api`).
+
+Lifecycle (uvicorn's shape): :meth:`RouteService.start` opens the listener first (``/healthz``
+answers, everything else 503 until the store has read the routes topic), then starts the store;
+:meth:`RouteService.stop` wakes watchers, drains requests within ``drain_timeout`` and closes
+the store. :meth:`RouteService.serve` does both and handles SIGTERM/SIGINT.
+
+Extra endpoints for probes: ``GET /healthz`` (the process is up), ``GET /readyz`` (200 once the
+store has read the routes topic and can write, else 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from proxy.config import Option, parse_host_port, parse_positive_int
+from proxy.errors import BrokerError, ConfigError, RouteSourceError
+from proxy.kafka import KAFKA_OPTIONS, KafkaConnection
+from proxy.routeservice.api import (
+    DEFAULT_MAX_BODY_BYTES,
+    RequestError,
+    bearer_token,
+    check_content_type,
+    parse_flag,
+    parse_put_body,
+    parse_since,
+    parse_tenant,
+    parse_wait,
+    token_matches,
+)
+from proxy.routeservice.store import RouteStore
+from proxy.routing.records import format_rfc3339
+from proxy.routing.sources.kafka import DEFAULT_ROUTES_TOPIC, check_topic_name
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "0.0.0.0:8080"
+DEFAULT_DRAIN_TIMEOUT = 5.0
+
+ROUTE_SERVICE_OPTIONS = (
+    *KAFKA_OPTIONS,
+    Option("listen", "HOST:PORT of the HTTP API", DEFAULT_LISTEN, parse=parse_host_port),
+    Option("routes-topic", "compacted topic storing the routes (created if missing)", DEFAULT_ROUTES_TOPIC),
+    Option("token-file", "file holding the bearer token required for writes (re-read when it changes)", required=True),
+    Option("max-body-bytes", "largest request body accepted", DEFAULT_MAX_BODY_BYTES, parse=parse_positive_int),
+    Option(
+        "routes-topic-replication-factor",
+        "replication factor when creating the routes topic (default: min(3, brokers))",
+        parse=parse_positive_int,
+    ),
+    Option("log-level", "log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteServiceConfig:
+    """Everything ``ktp routes serve`` needs (the token itself stays in its file)."""
+
+    kafka: KafkaConnection
+    listen: tuple[str, int] = parse_host_port(DEFAULT_LISTEN)
+    routes_topic: str = DEFAULT_ROUTES_TOPIC
+    token_file: str
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    routes_topic_replication_factor: int | None = None
+    log_level: str = "INFO"
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+
+    @classmethod
+    def from_options(cls, values: dict[str, Any]) -> RouteServiceConfig:
+        check_topic_name(values["routes_topic"])
+        return cls(
+            kafka=KafkaConnection.from_options(values),
+            listen=values["listen"],
+            routes_topic=values["routes_topic"],
+            token_file=values["token_file"],
+            max_body_bytes=values["max_body_bytes"],
+            routes_topic_replication_factor=values["routes_topic_replication_factor"],
+            log_level=values["log_level"],
+        )
+
+
+class TokenFile:
+    """The write token, read from a file and re-read when the file changes (a rotated
+    Kubernetes Secret is swapped in place, so rotation needs no restart)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._stat: tuple[int, int, int] | None = None
+        self._token = ""
+        self.token()  # fail at start, not at the first write
+
+    def __repr__(self) -> str:
+        return f"TokenFile(path={str(self.path)!r})"
+
+    def token(self) -> str:
+        """The current token. Raises :class:`ConfigError` if the file is unreadable or empty at
+        the first read; later, a broken file keeps the last good token (and is logged)."""
+        try:
+            st = os.stat(self.path)
+            key = (st.st_mtime_ns, st.st_ino, st.st_size)
+            if key != self._stat:
+                token = self.path.read_text(encoding="utf-8").strip()
+                if not token:
+                    raise ConfigError(f"--token-file {str(self.path)!r} is empty")
+                self._token, self._stat = token, key
+        except (OSError, UnicodeDecodeError, ConfigError) as exc:
+            problem = exc if isinstance(exc, ConfigError) else f"cannot read --token-file {str(self.path)!r}: {exc}"
+            if not self._token:
+                raise ConfigError(str(problem)) from exc
+            log.error("%s; keeping the previous token", problem)
+        return self._token
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=json.dumps(body, separators=(",", ":")) + "\n",
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return json_response({"error": message}, status, headers)
+
+
+def _json_errors(max_body_bytes: int) -> Any:
+    """Middleware: every error answer is ``{"error": ...}``, aiohttp's own 404/405/413 included."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        return await _answer_errors(request, handler, max_body_bytes)
+
+    return middleware
+
+
+async def _answer_errors(request: web.Request, handler: Any, max_body_bytes: int) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except RequestError as exc:
+        return json_error(exc.status, str(exc))
+    except (BrokerError, RouteSourceError) as exc:
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return json_error(503, f"routes topic unavailable: {exc}", {"retry-after": "1"})
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate", "retry-after")}
+        if exc.status == 413:
+            message = f"request body too large: at most {max_body_bytes} bytes"
+        elif exc.status == 404:
+            message = f"no such endpoint: {request.path[:200]}"
+        elif exc.status == 405:
+            message = f"method {request.method} not allowed on {request.path[:200]}"
+        else:
+            message = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else exc.reason
+        return json_error(exc.status, message, headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return json_error(500, "internal error; see the route service's log")
+
+
+class RouteService:
+    """The route service: an aiohttp listener over a :class:`RouteStore`."""
+
+    def __init__(self, config: RouteServiceConfig, *, store: RouteStore | None = None) -> None:
+        self.config = config
+        self.tokens = TokenFile(config.token_file)
+        self.store = store or RouteStore(
+            config.kafka,
+            config.routes_topic,
+            replication_factor=config.routes_topic_replication_factor,
+        )
+        self.host, self.port = config.listen
+        self.app = web.Application(
+            client_max_size=config.max_body_bytes, middlewares=[_json_errors(config.max_body_bytes)]
+        )
+        self.app.add_routes(
+            [
+                web.get("/healthz", self._healthz),
+                web.get("/readyz", self._readyz),
+                web.get("/v1/tenants", self._list_tenants),
+                web.get("/v1/tenants/{tenant}", self._get_tenant),
+                web.put("/v1/tenants/{tenant}", self._put_tenant),
+                web.delete("/v1/tenants/{tenant}", self._delete_tenant),
+                web.get("/v1/routes", self._watch_routes),
+            ]
+        )
+        self._runner: web.AppRunner | None = None
+        self._store_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"RouteService(listen={self.host}:{self.port}, topic={self.config.routes_topic!r}, store={self.store!r})"
+
+    @property
+    def url(self) -> str:
+        """Base URL clients use (the loopback address when listening on every interface)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen, then read the routes topic; returns once the store is ready."""
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=self.config.drain_timeout
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        if self.port == 0:
+            # Bound to an ephemeral port (tests): report the real one.
+            self.port = int(self._runner.addresses[0][1])
+        log.info("route service listening on %s:%d", self.host, self.port)
+        await self.store.start()
+
+    async def stop(self) -> None:
+        """Stop accepting, answer long-polls, drain, then close the store."""
+        self._stopping.set()
+        # Watchers return what they have at once instead of holding the drain.
+        self.store.release_watchers()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.store.stop()
+
+    async def __aenter__(self) -> RouteService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def serve(self) -> int:
+        """Run until SIGTERM or SIGINT; the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        try:
+            starting = asyncio.create_task(self.start())
+            stop = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait({starting, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()
+                await stop
+            else:
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+        finally:
+            await self.stop()
+        return 0
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    def _require_ready(self) -> None:
+        if not self.store.ready:
+            raise RequestError("route service is starting: not yet synced with the routes topic", 503)
+
+    def _authorize(self, request: web.Request) -> None:
+        if not token_matches(bearer_token(request.headers.get("authorization")), self.tokens.token()):
+            raise web.HTTPUnauthorized(
+                text="writes need 'authorization: Bearer <token>' with the route service's token",
+                headers={"www-authenticate": 'Bearer realm="ktp-route-service"'},
+            )
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        checks = {"routes_synced": self.store.reader.synced, "stopping": self._stopping.is_set()}
+        ready = self.store.ready and not self._stopping.is_set()
+        return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+    async def _list_tenants(self, _: web.Request) -> web.Response:
+        self._require_ready()
+        records = await self.store.list_tenants()
+        return json_response({"tenants": [r.to_api() for r in records], "version": self.store.version})
+
+    async def _get_tenant(self, request: web.Request) -> web.Response:
+        tenant = parse_tenant(request.match_info["tenant"])
+        self._require_ready()
+        record = await self.store.get(tenant)
+        if record is None:
+            return json_error(404, f"tenant {tenant!r} not found")
+        return json_response(record.to_api())
+
+    async def _put_tenant(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        tenant = parse_tenant(request.match_info["tenant"])
+        check_content_type(request.headers.get("content-type", ""))
+        routes = parse_put_body(await request.read())
+        self._require_ready()
+        record = await self.store.put(tenant, routes)
+        return json_response(record.to_api())
+
+    async def _delete_tenant(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        tenant = parse_tenant(request.match_info["tenant"])
+        self._require_ready()
+        if await self.store.delete(tenant) is None:
+            return json_error(404, f"tenant {tenant!r} not found")
+        return web.Response(status=204)
+
+    async def _watch_routes(self, request: web.Request) -> web.Response:
+        query = request.query
+        since = parse_since(query.get("since"))
+        wait = parse_wait(query.get("wait"))
+        sync = parse_flag("sync", query.get("sync"))
+        self._require_ready()
+        changes = await self.store.watch(since, wait=wait, sync=sync)
+        return json_response(
+            {
+                "routes": [r.to_api(include_deleted=True) for r in changes.records],
+                "version": changes.version,
+                "synced_at": format_rfc3339(changes.synced_at_ms),
+                "snapshot": changes.snapshot,
+            }
+        )

@@ -1,0 +1,462 @@
+"""``kafka:`` / ``kafka:<topic>`` route source: read the routes topic directly (the default).
+
+The routes topic (``_ktp_routes`` unless named) has one partition, so its offsets are one global
+order of route writes, and is compacted, so it keeps the last record of every tenant forever
+(deletions are JSON records, not tombstones: see :mod:`proxy.routing.records`).
+
+:class:`RoutesTopicReader` reads it from the beginning with manual assignment (no consumer group:
+nothing to join, nothing to commit, every reader sees every record) and follows it. The same
+reader backs the route service's cache (:mod:`proxy.routeservice.store`) and
+:class:`KafkaRouteSource`, the sidecar's table.
+
+Completeness, the property decisions rely on: ``synced_at_ms`` is a wall-clock time T such that
+every route write the broker acknowledged before T is in the table. A sync takes T, asks the
+broker for the end offset on a connection of its own (the follower's connection is often parked
+in a long-poll fetch, and a broker answers one connection's requests in order), and waits until
+the follower has consumed up to it. Syncs run at start, every ``sync_interval`` seconds, and on
+demand through :meth:`catch_up`.
+
+What this cannot close: a write the route service has stamped but the broker has not yet
+acknowledged is invisible to every sync, so a record produced in that window (milliseconds) may
+be decided before its route exists. The route service answers a write only after the broker
+acknowledged it, so traffic sent after a write's answer is never decided without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
+
+from proxy.errors import BrokerError, ConfigError, RouteError, RouteSourceError
+from proxy.kafka import KafkaConnection
+from proxy.routing.records import EffectiveTimes, RouteRecord, decode_record
+from proxy.routing.sources.catchup import CatchUp, now_ms
+from proxy.routing.table import RouteTable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROUTES_TOPIC = "_ktp_routes"
+# Kafka's long-poll bound. A broker answers a parked fetch as soon as data arrives, so this only
+# sets how often an idle reader polls; brokers that do not wake parked fetches (Tansu, as measured)
+# answer after the full wait, which then bounds route propagation. The routes topic is tiny, so a
+# short wait costs little.
+DEFAULT_FETCH_MAX_WAIT_MS = 100
+DEFAULT_SYNC_INTERVAL = 1.0
+DEFAULT_CATCH_UP_TIMEOUT = 10.0
+DEFAULT_REPLICATION_FACTOR_CAP = 3
+RETRY_INITIAL = 0.2
+RETRY_MAX = 5.0
+_POLL_TIMEOUT_MS = 1000
+_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+# Kafka error codes we expect from CreateTopics.
+_TOPIC_ALREADY_EXISTS = 36
+_TOPIC_AUTHORIZATION_FAILED = 29
+_CLUSTER_AUTHORIZATION_FAILED = 31
+
+
+def check_topic_name(topic: str) -> str:
+    """Validate a Kafka topic name (``[a-zA-Z0-9._-]``, 1-249 characters)."""
+    if not _TOPIC_NAME.match(topic) or topic in (".", ".."):
+        raise ConfigError(f"routes topic {topic!r} is not a valid Kafka topic name: use 1-249 of a-z A-Z 0-9 . _ -")
+    return topic
+
+
+async def ensure_routes_topic(
+    connection: KafkaConnection,
+    topic: str,
+    *,
+    create: bool = True,
+    replication_factor: int | None = None,
+) -> None:
+    """Create the routes topic if it is missing (1 partition, ``cleanup.policy=compact``) and check
+    an existing one.
+
+    Creation comes first, before anything asks for the topic's metadata: brokers with topic
+    auto-creation would otherwise create it on that request with their defaults (several
+    partitions, ``delete`` policy). ``replication_factor`` None means ``min(3, brokers)``.
+
+    Raises :class:`ConfigError` for a topic that cannot serve as the routes topic (more than one
+    partition, or a cleanup policy without ``compact``), :class:`BrokerError` when Kafka cannot
+    be reached or refuses.
+    """
+    admin = AIOKafkaAdminClient(**connection.client_kwargs(), client_id="ktp-routes-admin")
+    try:
+        await admin.start()
+        if create:
+            if replication_factor is None:
+                brokers = (await admin.describe_cluster()).get("brokers") or [None]
+                replication_factor = min(DEFAULT_REPLICATION_FACTOR_CAP, len(brokers))
+            response = await admin.create_topics(
+                [NewTopic(topic, 1, replication_factor, topic_configs={"cleanup.policy": "compact"})]
+            )
+            for _, code, message in response.topic_errors:
+                if code == 0:
+                    log.info("created routes topic %s (1 partition, compacted, replication %d)", topic, replication_factor)
+                elif code in (_TOPIC_AUTHORIZATION_FAILED, _CLUSTER_AUTHORIZATION_FAILED):
+                    # Not ours to create; an operator may have created it. Checked below.
+                    log.warning("not allowed to create routes topic %s; expecting it to exist", topic)
+                elif code != _TOPIC_ALREADY_EXISTS:
+                    raise BrokerError(f"cannot create routes topic {topic!r}: error {code}: {message}")
+        described = (await admin.describe_topics([topic]) or [{}])[0]
+        if described.get("error_code"):
+            raise BrokerError(f"cannot describe routes topic {topic!r}: error {described['error_code']}")
+        partitions = described.get("partitions") or []
+        if len(partitions) != 1:
+            raise ConfigError(
+                f"routes topic {topic!r} has {len(partitions)} partitions; it must have exactly 1 so that "
+                "route writes have one order: recreate it with 1 partition and cleanup.policy=compact"
+            )
+        _check_cleanup_policy(
+            topic, await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        )
+    except KafkaError as exc:
+        raise BrokerError(f"cannot set up routes topic {topic!r} on {connection.bootstrap_servers}: {exc}") from exc
+    finally:
+        await admin.close()
+
+
+def _check_cleanup_policy(topic: str, responses: list[Any]) -> None:
+    for response in responses:
+        # DescribeConfigs resource: (error_code, error_message, type, name, entries); an entry
+        # starts with (name, value, ...).
+        for resource in response.resources:
+            if resource[0]:
+                log.warning("cannot read the configs of routes topic %s: error %s", topic, resource[0])
+                return
+            for entry in resource[4]:
+                if entry[0] == "cleanup.policy":
+                    if "compact" not in str(entry[1]).split(","):
+                        raise ConfigError(
+                            f"routes topic {topic!r} has cleanup.policy={entry[1]}: retention would delete "
+                            "routes; set cleanup.policy=compact on it"
+                        )
+                    return
+    # Apache Kafka reports every config, defaults included; some brokers report only what was set.
+    log.warning("broker did not report cleanup.policy of routes topic %s; it must be compact", topic)
+
+
+class RoutesTopicReader:
+    """Reads the routes topic from the beginning, then follows it, handing decoded records to
+    ``on_records`` in offset order (with effective times made strictly increasing per tenant,
+    :class:`~proxy.routing.records.EffectiveTimes`).
+
+    ``start()`` returns once the first sync is done (``synced``), retrying while Kafka cannot be
+    reached; it raises :class:`ConfigError` for an unusable topic.
+    """
+
+    def __init__(
+        self,
+        connection: KafkaConnection,
+        topic: str = DEFAULT_ROUTES_TOPIC,
+        *,
+        on_records: Callable[[list[RouteRecord]], None],
+        on_error: Callable[[str], None] | None = None,
+        create_topic: bool = True,
+        replication_factor: int | None = None,
+        fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
+        sync_interval: float = DEFAULT_SYNC_INTERVAL,
+        catch_up_timeout: float = DEFAULT_CATCH_UP_TIMEOUT,
+        client_id: str = "ktp-routes",
+    ) -> None:
+        self.connection = connection
+        self.topic = check_topic_name(topic)
+        self.create_topic = create_topic
+        self.replication_factor = replication_factor
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.sync_interval = sync_interval
+        self.catch_up_timeout = catch_up_timeout
+        self.client_id = client_id
+        self.effective_times = EffectiveTimes()
+        #: Next offset to read: every record below it has been handed to ``on_records``.
+        self.position = 0
+        self.synced = False
+        self._on_records = on_records
+        self._on_error = on_error
+        self._tp = TopicPartition(topic, 0)
+        self._follower: AIOKafkaConsumer | None = None
+        self._offsets: AIOKafkaConsumer | None = None
+        self._catch_up = CatchUp(self._sync)
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_ids = itertools.count()
+        self._task: asyncio.Task[None] | None = None
+        self._synced_event = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return (
+            f"RoutesTopicReader(topic={self.topic!r}, position={self.position}, synced={self.synced}, "
+            f"synced_at_ms={self.synced_at_ms})"
+        )
+
+    @property
+    def synced_at_ms(self) -> int:
+        """Wall-clock time (ms) before which every acknowledged route write has been read."""
+        return self._catch_up.synced_at_ms
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"ktp-routes-reader-{self.topic}")
+        synced = asyncio.create_task(self._synced_event.wait())
+        try:
+            await asyncio.wait({self._task, synced}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            synced.cancel()
+        if self._task.done():
+            self._task.result()  # raises what stopped it (ConfigError)
+            raise RouteSourceError(f"routes reader for {self.topic!r} stopped before its first sync")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._catch_up.cancel()
+        for _, _, future in self._waiters:
+            if not future.done():
+                future.set_exception(RouteSourceError(f"routes reader for {self.topic!r} stopped"))
+        self._waiters.clear()
+        await self._close_clients()
+
+    async def catch_up(self, at_ms: int | None = None) -> None:
+        """Return once every route write acknowledged before this call has been read.
+
+        With ``at_ms``, return at once if the reader is already complete up to that time.
+        Concurrent calls share syncs. Raises :class:`RouteSourceError` when the topic cannot be
+        reached within ``catch_up_timeout``.
+        """
+        if self._offsets is None:
+            raise RouteSourceError(f"routes reader for {self.topic!r} is not connected")
+        await self._catch_up(at_ms)
+
+    async def wait_for(self, offset: int, timeout: float) -> bool:
+        """Wait until the record at ``offset`` has been read; False if ``timeout`` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wait_position(offset + 1)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- internals ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        await self._connect()
+        follower = asyncio.create_task(self._follow(), name=f"ktp-routes-follow-{self.topic}")
+        try:
+            delay = RETRY_INITIAL
+            while not self.synced:
+                try:
+                    await self.catch_up()
+                except RouteSourceError as exc:
+                    self._report(f"routes topic {self.topic!r}: first sync failed, retrying in {delay:.1f}s: {exc}")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+                    continue
+                self.synced = True
+                self._synced_event.set()
+                log.info("routes topic %s read up to offset %d", self.topic, self.position)
+            while True:
+                await asyncio.sleep(self.sync_interval)
+                try:
+                    await self.catch_up()
+                except RouteSourceError as exc:
+                    self._report(str(exc))
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+
+    async def _connect(self) -> None:
+        delay = RETRY_INITIAL
+        while True:
+            try:
+                await ensure_routes_topic(
+                    self.connection,
+                    self.topic,
+                    create=self.create_topic,
+                    replication_factor=self.replication_factor,
+                )
+                kwargs = self.connection.client_kwargs()
+                follower = AIOKafkaConsumer(
+                    **kwargs,
+                    group_id=None,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    fetch_max_wait_ms=self.fetch_max_wait_ms,
+                    client_id=self.client_id,
+                )
+                offsets = AIOKafkaConsumer(**kwargs, group_id=None, enable_auto_commit=False, client_id=self.client_id)
+                self._follower, self._offsets = follower, offsets
+                await follower.start()
+                await offsets.start()
+                follower.assign([self._tp])
+                await follower.seek_to_beginning(self._tp)
+                return
+            except (BrokerError, KafkaError, OSError) as exc:
+                await self._close_clients()
+                self._report(
+                    f"routes topic {self.topic!r} on {self.connection.bootstrap_servers} unreachable, "
+                    f"retrying in {delay:.1f}s: {exc}"
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    async def _close_clients(self) -> None:
+        for client in (self._follower, self._offsets):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()
+        self._follower = self._offsets = None
+
+    async def _follow(self) -> None:
+        follower = self._follower
+        assert follower is not None
+        delay = RETRY_INITIAL
+        while True:
+            try:
+                batch = await follower.getmany(self._tp, timeout_ms=_POLL_TIMEOUT_MS)
+                position = await follower.position(self._tp)
+                self._take(batch.get(self._tp, ()), position)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not isinstance(exc, KafkaError):
+                    log.exception("routes topic %s: unexpected error while following", self.topic)
+                self._report(f"reading routes topic {self.topic!r} failed, retrying in {delay:.1f}s: {exc!r}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            delay = RETRY_INITIAL
+
+    def _take(self, messages: Any, position: int) -> None:
+        records = []
+        for message in messages:
+            try:
+                record = decode_record(message.key, message.value, message.offset, message.timestamp)
+            except RouteError as exc:
+                self._report(f"routes topic {self.topic!r}: skipping bad record: {exc}")
+                continue
+            records.append(self.effective_times.adjust(record))
+        if records:
+            self._on_records(records)
+        self.position = max(self.position, position)
+        self._wake_waiters()
+
+    async def _sync(self) -> int:
+        offsets = self._offsets
+        if offsets is None:
+            raise RouteSourceError(f"routes reader for {self.topic!r} is not connected")
+        started_ms = now_ms()
+        try:
+            async with asyncio.timeout(self.catch_up_timeout):
+                end = (await offsets.end_offsets([self._tp]))[self._tp]
+                await self._wait_position(end)
+        except TimeoutError as exc:
+            raise RouteSourceError(
+                f"routes topic {self.topic!r}: not caught up within {self.catch_up_timeout:.0f}s"
+            ) from exc
+        except KafkaError as exc:
+            raise RouteSourceError(f"routes topic {self.topic!r}: cannot read its end offset: {exc}") from exc
+        return started_ms
+
+    async def _wait_position(self, position: int) -> None:
+        if self.position >= position:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (position, next(self._waiter_ids), future))
+        await future
+
+    def _wake_waiters(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.position:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)
+
+    def _report(self, message: str) -> None:
+        log.warning("%s", message)
+        if self._on_error is not None:
+            self._on_error(message)
+
+
+class KafkaRouteSource:
+    """The sidecar's table, kept by reading the routes topic (``--routes kafka:[<topic>]``).
+
+    Every record becomes a :class:`~proxy.routing.table.Route` at its effective time (a deletion
+    is a route with no services), so the table keeps each tenant's history and decides records
+    at their own time. ``start()`` returns once the table is synced.
+    """
+
+    def __init__(
+        self,
+        connection: KafkaConnection,
+        topic: str = DEFAULT_ROUTES_TOPIC,
+        *,
+        table: RouteTable | None = None,
+        on_error: Callable[[str], None] | None = None,
+        create_topic: bool = True,
+        fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
+        sync_interval: float = DEFAULT_SYNC_INTERVAL,
+        catch_up_timeout: float = DEFAULT_CATCH_UP_TIMEOUT,
+        client_id: str = "ktp-sidecar-routes",
+    ) -> None:
+        self.table = table if table is not None else RouteTable()
+        self.reader = RoutesTopicReader(
+            connection,
+            topic,
+            on_records=self._apply,
+            on_error=on_error,
+            create_topic=create_topic,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            sync_interval=sync_interval,
+            catch_up_timeout=catch_up_timeout,
+            client_id=client_id,
+        )
+
+    def __repr__(self) -> str:
+        return f"KafkaRouteSource(topic={self.reader.topic!r}, table={self.table!r})"
+
+    def describe(self) -> str:
+        return f"kafka:{self.reader.topic}"
+
+    @property
+    def synced_at_ms(self) -> int:
+        """Wall-clock time (ms) before which every acknowledged route write is in the table."""
+        return self.reader.synced_at_ms
+
+    async def start(self) -> None:
+        await self.reader.start()
+        self.table.synced = True
+
+    async def stop(self) -> None:
+        await self.reader.stop()
+
+    async def __aenter__(self) -> KafkaRouteSource:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def catch_up(self, at_ms: int | None = None) -> None:
+        """Return once the table includes every route written to the topic before this call.
+
+        Cheap when nothing was written since the last sync (one ListOffsets round trip), and
+        shared by concurrent callers. With ``at_ms`` (a record's timestamp), return at once when
+        the table is already complete up to it. Raises :class:`RouteSourceError` when the topic
+        cannot be reached in time; the table keeps what it has.
+        """
+        await self.reader.catch_up(at_ms)
+
+    def _apply(self, records: list[RouteRecord]) -> None:
+        for record in records:
+            self.table.apply(record.to_route())
