@@ -24,6 +24,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("proxy.sidecar.command", "sidecar"),
     ("proxy.demo.command", "demo"),
     ("proxy.injector.command", "injector"),
+    ("proxy.routeservice.command", "routes"),
+    ("proxy.routeservice.tenant_command", "tenant"),
 )
 
 
