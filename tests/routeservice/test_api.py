@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -151,3 +152,16 @@ async def test_routes_topic_is_created_with_one_partition_and_compaction(
     assert configs.get("cleanup.policy") == "compact"
     status, body, _ = await call(service, "GET", "/readyz")
     assert status == 200 and body["ready"] is True
+
+
+async def test_token_rotation_needs_no_restart(service: RouteService, token_file: str) -> None:
+    put = {"routes": {"orders-worker": "pr-1"}}
+    Path(token_file).write_text("rotated-token\n")
+    status, _, _ = await call(service, "PUT", "/v1/tenants/r", body=put, headers=AUTH)
+    assert status == 401
+    status, _, _ = await call(service, "PUT", "/v1/tenants/r", body=put, headers={"authorization": "Bearer rotated-token"})
+    assert status == 200
+    # A token file gone missing keeps the last good token instead of locking writers out.
+    Path(token_file).unlink()
+    status, _, _ = await call(service, "DELETE", "/v1/tenants/r", headers={"authorization": "Bearer rotated-token"})
+    assert status == 204
