@@ -59,7 +59,7 @@ INJECT_ANNOTATION = PREFIX + "inject"
 STATUS_ANNOTATION = PREFIX + "status"
 # Lets a PodMonitor (and kubectl) select every pod that has a sidecar.
 SIDECAR_LABEL = PREFIX + "sidecar"
-SIDECAR_LABEL_VALUE = "injected"
+SIDECAR_LABEL_VALUE = "true"
 CONTAINER_NAME = "ktp-sidecar"
 ADMIN_PORT = 15000
 METRICS_PORT = 15090

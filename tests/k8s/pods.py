@@ -99,7 +99,7 @@ EXPECTED_PATCH = [
     {"op": "add", "path": "/metadata/annotations/prometheus.io~1scrape", "value": "true"},
     {"op": "add", "path": "/metadata/annotations/prometheus.io~1port", "value": "15090"},
     {"op": "add", "path": "/metadata/annotations/prometheus.io~1path", "value": "/metrics"},
-    {"op": "add", "path": "/metadata/labels/kafka-tenant-proxy.io~1sidecar", "value": "injected"},
+    {"op": "add", "path": "/metadata/labels/kafka-tenant-proxy.io~1sidecar", "value": "true"},
 ]
 
 

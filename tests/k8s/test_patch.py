@@ -206,7 +206,7 @@ def test_existing_init_containers_volumes_and_no_labels() -> None:
         env[k].rsplit("/", 1)[0] in mounts
         for k in ("KTP_SASL_PASSWORD_FILE", "KTP_SSL_CAFILE", "KTP_SSL_CERTFILE")
     )
-    assert patched["metadata"]["labels"] == {"kafka-tenant-proxy.io/sidecar": "injected"}
+    assert patched["metadata"]["labels"] == {"kafka-tenant-proxy.io/sidecar": "true"}
 
 
 def test_pod_with_its_own_scrape_annotations_keeps_them() -> None:
@@ -437,7 +437,7 @@ def test_every_injected_pod_shape_is_a_valid_pod(shape: dict[str, Any]) -> None:
     assert pod == original, "the patch builder must not change its input"
     assert patched["spec"]["containers"][-1]["name"] == "app"
     assert patched["metadata"]["annotations"]["kafka-tenant-proxy.io/status"] == "injected"
-    assert patched["metadata"]["labels"]["kafka-tenant-proxy.io/sidecar"] == "injected"
+    assert patched["metadata"]["labels"]["kafka-tenant-proxy.io/sidecar"] == "true"
     assert isinstance(plan(patched, template), Pass)
 
 

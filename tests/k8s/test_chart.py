@@ -1,0 +1,582 @@
+"""The Helm chart, rendered and linted by the real Helm engine (helm-python-sdk), for the default
+values and every scenario in charts/kafka-tenant-proxy/ci/, each manifest validated against the
+Kubernetes 1.29 and latest schemas."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from helm_python.chart import Chart, lint
+from helm_python.errors import HelmError
+
+from proxy.cli import COMMANDS
+from proxy.config import resolve
+from proxy.injector.config import INJECTOR_OPTIONS, InjectorConfig
+from proxy.injector.metrics import InjectorMetrics
+from proxy.injector.patch import Inject, plan
+from proxy.metrics import Metrics
+from tests.k8s import kube
+from tests.k8s.pods import TEMPLATE, consumer_pod
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kafka-tenant-proxy"
+RELEASE, NAMESPACE = "ktp", "kafka-tenant-proxy"
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "default": {},
+    **{
+        path.stem: yaml.safe_load(path.read_text())
+        for path in sorted((CHART / "ci").glob("*.yaml"))
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def chart() -> Chart:
+    return Chart.load(CHART)
+
+
+def render(chart: Chart, values: dict[str, Any]) -> list[dict[str, Any]]:
+    rendered = chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs += [doc for doc in yaml.safe_load_all(text) if doc]
+    return docs
+
+
+def one(docs: list[dict[str, Any]], kind: str, name_part: str = "") -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and name_part in d["metadata"]["name"]]
+    assert len(found) == 1, f"{kind} *{name_part}*: {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def env_dict(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+# --- every scenario -------------------------------------------------------------------------
+
+
+def test_there_are_scenarios() -> None:
+    assert len(SCENARIOS) >= 5, SCENARIOS.keys()
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_renders_valid_kubernetes_manifests(chart: Chart, scenario: str) -> None:
+    docs = render(chart, SCENARIOS[scenario])
+    assert docs
+    seen = set()
+    for doc in docs:
+        kube.validate(doc)
+        name = doc["metadata"]["name"]
+        assert len(name) <= 63, f"{doc['kind']} name {name!r} is longer than 63 characters"
+        assert (doc["kind"], name) not in seen, f"two {doc['kind']} named {name}"
+        seen.add((doc["kind"], name))
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_lint_is_clean(scenario: str) -> None:
+    report = lint(
+        CHART, SCENARIOS[scenario], strict=True, namespace=NAMESPACE, kube_version="v1.29.0"
+    )
+    assert report["errors"] == []
+    # Severity 2 is a warning, 3 an error; only "icon is recommended" (1, info) may remain.
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_restrictive_security_everywhere(chart: Chart, scenario: str) -> None:
+    for doc in render(chart, SCENARIOS[scenario]):
+        spec = doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc.get("spec")
+        if doc["kind"] not in ("Deployment", "Pod"):
+            continue
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"]["drop"] == ["ALL"]
+            assert (
+                "limits" in container["resources"] and "memory" in container["resources"]["limits"]
+            )
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [s for s, v in sorted(SCENARIOS.items()) if v.get("injector", {}).get("enabled", True)],
+)
+def test_injector_env_is_a_valid_injector_config(
+    chart: Chart, scenario: str, tmp_path: Path
+) -> None:
+    """The chart configures the injector only through KTP_* variables; the real option
+    resolution must accept them and give the sidecar template the values asked for."""
+    values = SCENARIOS[scenario]
+    docs = render(chart, values)
+    container = one(docs, "Deployment", "injector")["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["injector", "serve"]
+    env = env_dict(container)
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {
+        str(Path(env["KTP_TLS_CERTFILE"]).parent),
+        str(Path(env["KTP_TLS_KEYFILE"]).parent),
+    } <= mounts
+    for name in ("KTP_TLS_CERTFILE", "KTP_TLS_KEYFILE"):
+        (tmp_path / Path(env[name]).name).write_text("x")
+        env[name] = str(tmp_path / Path(env[name]).name)
+    config = InjectorConfig.from_options(
+        resolve(INJECTOR_OPTIONS, argparse.Namespace(), environ=env)
+    )
+    kafka = {"securityProtocol": "PLAINTEXT", **values.get("kafka", {})}
+    template = config.template
+    assert template.bootstrap_servers == kafka.get("bootstrapServers", "kafka.kafka.svc:9092")
+    assert template.security_protocol == kafka["securityProtocol"]
+    assert template.native_sidecar == values.get("sidecar", {}).get("nativeSidecar", True)
+    assert template.probes == values.get("sidecar", {}).get("probes", "http")
+    secret = kafka.get("sasl", {}).get("passwordSecret")
+    assert (template.sasl_password_secret is None) == (secret is None)
+    assert config.listen == ("0.0.0.0", 8443)
+
+
+# --- the injector's webhook -----------------------------------------------------------------
+
+
+def test_webhook_selects_labelled_namespaces_and_pod_creation(chart: Chart) -> None:
+    webhook = one(render(chart, {}), "MutatingWebhookConfiguration")["webhooks"][0]
+    assert webhook["namespaceSelector"] == {
+        "matchLabels": {"kafka-tenant-proxy.io/injection": "enabled"}
+    }
+    assert webhook["failurePolicy"] == "Fail" and webhook["sideEffects"] == "None"
+    assert webhook["rules"] == [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    service = webhook["clientConfig"]["service"]
+    assert service == {
+        "name": "ktp-kafka-tenant-proxy-injector",
+        "namespace": NAMESPACE,
+        "path": "/inject",
+        "port": 443,
+    }
+
+
+@pytest.mark.parametrize("policy", ["Fail", "Ignore"])
+def test_failure_policy_is_a_value(chart: Chart, policy: str) -> None:
+    docs = render(chart, {"injector": {"webhook": {"failurePolicy": policy}}})
+    assert one(docs, "MutatingWebhookConfiguration")["webhooks"][0]["failurePolicy"] == policy
+
+
+def test_generated_certificate_is_signed_by_the_ca_bundle_for_the_service(chart: Chart) -> None:
+    docs = render(chart, {})
+    secret = one(docs, "Secret", "injector-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    ca_bundle = one(docs, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["caBundle"]
+    assert ca_bundle == secret["data"]["ca.crt"]
+    ca = x509.load_pem_x509_certificate(base64.b64decode(ca_bundle))
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    cert.verify_directly_issued_by(ca)  # raises unless the CA signed it
+    names = cert.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.DNSName)
+    assert f"ktp-kafka-tenant-proxy-injector.{NAMESPACE}.svc" in names
+    assert cert.not_valid_after_utc > datetime.datetime.now(
+        datetime.UTC
+    ) + datetime.timedelta(days=3000)
+    # The injector mounts exactly this Secret.
+    volumes = one(docs, "Deployment", "injector")["spec"]["template"]["spec"]["volumes"]
+    assert volumes[0]["secret"]["secretName"] == secret["metadata"]["name"]
+
+
+def test_supplied_certificate(chart: Chart) -> None:
+    docs = render(chart, SCENARIOS["existing-tls-values"])
+    assert not [d for d in docs if d["kind"] == "Secret"], (
+        "nothing generated when everything is supplied"
+    )
+    webhook = one(docs, "MutatingWebhookConfiguration")["webhooks"][0]
+    assert (
+        webhook["clientConfig"]["caBundle"]
+        == SCENARIOS["existing-tls-values"]["injector"]["tls"]["caBundle"]
+    )
+    volumes = one(docs, "Deployment", "injector")["spec"]["template"]["spec"]["volumes"]
+    assert volumes[0]["secret"]["secretName"] == "ktp-injector-tls"
+
+
+def test_cert_manager_injects_the_ca(chart: Chart) -> None:
+    docs = render(chart, SCENARIOS["cert-manager-values"])
+    webhook_config = one(docs, "MutatingWebhookConfiguration")
+    assert "caBundle" not in webhook_config["webhooks"][0]["clientConfig"]
+    assert webhook_config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].endswith(
+        "/ktp-injector-cert"
+    )
+
+
+# --- the route service ----------------------------------------------------------------------
+
+
+def test_route_service_command_and_wiring(chart: Chart) -> None:
+    docs = render(chart, {})
+    deployment = one(docs, "Deployment", "routes")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"] == [
+        "routes", "serve",
+        "--bootstrap-servers", "kafka.kafka.svc:9092",
+        "--listen", "0.0.0.0:8080",
+        "--routes-topic", "_ktp_routes",
+        "--token-file", "/var/run/secrets/kafka-tenant-proxy/routes/token",
+    ]  # fmt: skip
+    token_volume = next(v for v in pod["volumes"] if v["name"] == "token")
+    token_secret = one(docs, "Secret", "routes-token")
+    assert token_volume["secret"]["secretName"] == token_secret["metadata"]["name"]
+    assert len(base64.b64decode(token_secret["data"]["token"])) == 48
+    service = one(docs, "Service", "routes")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
+    pdb = one(docs, "PodDisruptionBudget", "routes")
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_route_service_args_are_accepted_by_ktp(chart: Chart) -> None:
+    """Parsed by `ktp routes serve` itself when this checkout has it; otherwise checked against
+    the flags DESIGN.md's contract gives it."""
+    container = one(render(chart, SCENARIOS["sasl-ssl-values"]), "Deployment", "routes")["spec"][
+        "template"
+    ]["spec"]["containers"][0]
+    args = container["args"]
+    if ("proxy.routeservice.command", "routes") in COMMANDS:
+        from proxy.cli import build_parser
+
+        parsed = build_parser().parse_args(args)
+        assert parsed.bootstrap_servers == "b-1.kafka.internal:9096,b-2.kafka.internal:9096"
+    else:
+        flags = [a for a in args if a.startswith("--")]
+        assert flags == ["--bootstrap-servers", "--listen", "--routes-topic", "--token-file"]
+    env = env_dict(container)
+    assert (
+        env["KTP_SECURITY_PROTOCOL"] == "SASL_SSL" and env["KTP_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    )
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    for name in ("KTP_SASL_PASSWORD_FILE", "KTP_SSL_CAFILE"):
+        assert str(Path(env[name]).parent) in mounts
+
+
+def test_helm_test_hook_calls_the_route_service(chart: Chart) -> None:
+    docs = render(chart, {})
+    pod = one(docs, "Pod", "test")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    container = pod["spec"]["containers"][0]
+    service = one(docs, "Service", "routes")
+    assert (
+        env_dict(container)["ROUTES_URL"]
+        == f"http://{service['metadata']['name']}.{NAMESPACE}.svc:8080"
+    )
+    script = container["command"][2]
+    compile(script, "helm-test", "exec")  # it is Python that runs
+    for call in ('call("PUT"', 'call("GET"', 'call("DELETE"'):
+        assert call in script
+
+
+def test_rbac_lets_only_the_named_subjects_read_the_token(chart: Chart) -> None:
+    docs = render(chart, SCENARIOS["existing-tls-values"])
+    role = one(docs, "Role")
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["ktp-routes-token"],
+            "verbs": ["get"],
+        }
+    ]
+    binding = one(docs, "RoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "pipeline", "namespace": "ci"}
+    ]
+    assert not [d for d in render(chart, {}) if d["kind"] == "RoleBinding"]
+
+
+# --- monitoring -----------------------------------------------------------------------------
+
+
+def exposed_metric_names() -> set[str]:
+    names = set()
+    for registry in (Metrics().registry, InjectorMetrics().registry):
+        for family in registry.collect():
+            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(
+                family.type, [""]
+            )
+            names |= {family.name + s for s in suffixes}
+    return names
+
+
+def test_monitors_and_dashboard(chart: Chart) -> None:
+    docs = render(chart, SCENARIOS["monitoring-values"])
+    service_monitor = one(docs, "ServiceMonitor")
+    injector_service = one(docs, "Service", "injector")
+    assert (
+        service_monitor["spec"]["selector"]["matchLabels"] == injector_service["spec"]["selector"]
+    )
+    assert service_monitor["spec"]["endpoints"][0]["port"] in {
+        p["name"] for p in injector_service["spec"]["ports"]
+    }
+    pod_monitor = one(docs, "PodMonitor")
+    # The PodMonitor finds what the injector adds: its label and its named metrics port.
+    patched = consumer_pod()
+    outcome = plan(patched, TEMPLATE)
+    assert isinstance(outcome, Inject)
+    label_op = next(op for op in outcome.patch if "/metadata/labels" in op["path"])
+    assert pod_monitor["spec"]["selector"]["matchLabels"] == {
+        "kafka-tenant-proxy.io/sidecar": label_op["value"]
+    }
+    sidecar_ports = {p["name"] for p in outcome.patch[0]["value"][0]["ports"]}
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] in sidecar_ports
+    assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
+    dashboard = one(docs, "ConfigMap", "dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["kafka-tenant-proxy.json"])["uid"] == "kafka-tenant-proxy"
+
+
+def test_dashboard_queries_only_metrics_that_exist() -> None:
+    dashboard = json.loads((CHART / "dashboards" / "kafka-tenant-proxy.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {m for expr in exprs for m in re.findall(r"\bktp_[a-z_]+", expr)}
+    assert used - exposed_metric_names() == set()
+    contract = {
+        "ktp_records_consumed_total", "ktp_records_delivered_total", "ktp_records_skipped_total",
+        "ktp_delivery_attempts_total", "ktp_delivery_duration_seconds_bucket", "ktp_dead_letters_total",
+        "ktp_consumer_lag", "ktp_route_tenants",
+    }  # fmt: skip
+    assert contract <= used, f"DESIGN.md's metrics missing from the dashboard: {contract - used}"
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+# --- values: documented, in the schema, validated -------------------------------------------
+
+
+def leaf_paths(values: Any, prefix: str = "") -> set[str]:
+    if isinstance(values, dict) and values:
+        return {p for key, value in values.items() for p in leaf_paths(value, f"{prefix}{key}.")}
+    return {prefix.rstrip(".")}
+
+
+def test_every_value_is_documented() -> None:
+    text = (CHART / "values.yaml").read_text()
+    documented = set(re.findall(r"^\s*## @param (\S+) \S", text, flags=re.MULTILINE))
+    values = yaml.safe_load(text)
+    for path in leaf_paths(values):
+        parts = path.split(".")
+        assert any(".".join(parts[:i]) in documented for i in range(1, len(parts) + 1)), (
+            f"{path} has no ## @param"
+        )
+    for name in documented:
+        node: Any = values
+        for part in name.split("."):
+            assert isinstance(node, dict) and part in node, f"## @param {name} documents nothing"
+            node = node[part]
+
+
+def test_schema_knows_every_value(chart: Chart) -> None:
+    schema = chart.schema
+    assert schema is not None
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for path in leaf_paths(values):
+        node = schema
+        for part in path.split("."):
+            if "properties" not in node:
+                break  # a free-form map (resources, annotations): the schema stops here
+            assert part in node["properties"], f"{path} is not in values.schema.json"
+            node = node["properties"][part]
+    chart.validate_schema(values)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"injector": {"webhook": {"failurePolicy": "Sometimes"}}}, "failurePolicy"),
+        ({"routes": {"replicas": 3}}, "replicas"),
+        ({"sidecar": {"probes": "tcp"}}, "probes"),
+        ({"kafka": {"securityProtocol": "SASL"}}, "securityProtocol"),
+        ({"sidecar": {"resources": {"limits": {"memory": "lots"}}}}, "memory"),
+    ],
+)
+def test_schema_refuses_bad_values(chart: Chart, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(HelmError, match=message):
+        render(chart, values)
+
+
+def test_validate_values_fails_with_every_message_at_once(chart: Chart) -> None:
+    bad = {
+        "kafka": {
+            "bootstrapServers": "",
+            "securityProtocol": "SASL_PLAINTEXT",
+            "tls": {"clientCertSecret": "c"},
+        },
+        "injector": {"tls": {"existingSecret": "x"}},
+        "routes": {"replicaCount": 2, "pdb": {"minAvailable": 2}},
+    }
+    with pytest.raises(HelmError) as caught:
+        render(chart, bad)
+    message = str(caught.value)
+    for expected in (
+        "kafka.bootstrapServers",
+        "kafka.sasl.username",
+        "kafka.sasl.passwordSecret.name",
+        "kafka.tls.clientCertSecret",
+        "injector.tls.caBundle",
+        "routes.pdb.minAvailable",
+    ):
+        assert expected in message, f"{expected} missing from: {message}"
+
+
+def test_long_names_are_truncated(chart: Chart) -> None:
+    docs = render(chart, SCENARIOS["template-only-values"])
+    names = [d["metadata"]["name"] for d in docs]
+    assert all(len(n) <= 63 and not n.endswith("-") for n in names), names
+    assert any(n.endswith("-routes") for n in names)
+
+
+# --- the sidecar without a webhook ----------------------------------------------------------
+
+CONSUMER_DEPLOYMENT = """\
+{{- $ktp := index .Subcharts "kafka-tenant-proxy" }}
+{{- $options := dict "service" "orders-worker" "group" "orders-worker" "topics" "orders,payments"
+      "app-port" 8080 "app-path" "/events" "sandbox" "pr-42" "max-attempts" 7 }}
+{{- $native := (index .Values "kafka-tenant-proxy").sidecar.nativeSidecar }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: orders-worker-pr-42
+spec:
+  selector:
+    matchLabels:
+      app: orders-worker
+  template:
+    metadata:
+      labels:
+        app: orders-worker
+        {{- include "kafka-tenant-proxy.sidecarPodLabels" . | nindent 8 }}
+      annotations:
+        {{- include "kafka-tenant-proxy.sidecarPodAnnotations" . | nindent 8 }}
+    spec:
+      {{- if $native }}
+      initContainers:
+        {{- include "kafka-tenant-proxy.sidecar" (dict "chart" $ktp "options" $options) | nindent 8 }}
+      {{- end }}
+      containers:
+        {{- if not $native }}
+        {{- include "kafka-tenant-proxy.sidecar" (dict "chart" $ktp "options" $options) | nindent 8 }}
+        {{- end }}
+        - name: app
+          image: registry.example.com/orders-worker:1.4.2
+      {{- with include "kafka-tenant-proxy.sidecarVolumes" (dict "chart" $ktp) }}
+      volumes:
+        {{- . | nindent 8 }}
+      {{- end }}
+"""
+
+
+@pytest.fixture(scope="module")
+def consumer_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A team's chart that depends on ours and includes the sidecar template."""
+    root = tmp_path_factory.mktemp("consumer") / "orders-worker"
+    (root / "templates").mkdir(parents=True)
+    (root / "Chart.yaml").write_text(
+        "apiVersion: v2\nname: orders-worker\nversion: 1.0.0\n"
+        "dependencies:\n  - name: kafka-tenant-proxy\n    version: 0.1.0\n"
+    )
+    (root / "templates" / "deployment.yaml").write_text(CONSUMER_DEPLOYMENT)
+    shutil.copytree(CHART, root / "charts" / "kafka-tenant-proxy")
+    return root
+
+
+@pytest.mark.parametrize("scenario", ["default", "sasl-ssl-values", "existing-tls-values"])
+def test_named_template_gives_the_container_the_injector_gives(
+    consumer_chart: Path, scenario: str, tmp_path: Path
+) -> None:
+    values = {"kafka-tenant-proxy": {**SCENARIOS[scenario], "routes": {"enabled": False}}}
+    with Chart.load(consumer_chart) as chart:
+        docs = render(chart, values)
+    deployment = next(d for d in docs if d["metadata"]["name"] == "orders-worker-pr-42")
+    kube.validate(deployment)
+    pod_spec = deployment["spec"]["template"]["spec"]
+    from_template = next(
+        c
+        for c in [*pod_spec.get("initContainers", []), *pod_spec["containers"]]
+        if c["name"] == "ktp-sidecar"
+    )
+
+    # The same pod, annotated, through the injector configured by the same release.
+    injector = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-injector")
+    )
+    env = env_dict(injector["spec"]["template"]["spec"]["containers"][0])
+    for name in ("KTP_TLS_CERTFILE", "KTP_TLS_KEYFILE"):
+        (tmp_path / name).write_text("x")
+        env[name] = str(tmp_path / name)
+    template = InjectorConfig.from_options(
+        resolve(INJECTOR_OPTIONS, argparse.Namespace(), environ=env)
+    ).template
+    annotations = {
+        "kafka-tenant-proxy.io/inject": "true",
+        "kafka-tenant-proxy.io/service": "orders-worker",
+        "kafka-tenant-proxy.io/group": "orders-worker",
+        "kafka-tenant-proxy.io/topics": "orders,payments",
+        "kafka-tenant-proxy.io/app-port": "8080",
+        "kafka-tenant-proxy.io/app-path": "/events",
+        "kafka-tenant-proxy.io/sandbox": "pr-42",
+        "kafka-tenant-proxy.io/max-attempts": "7",
+    }
+    pod = consumer_pod(annotations)
+    outcome = plan(pod, template)
+    assert isinstance(outcome, Inject)
+    from_injector = outcome.patch[0]["value"]
+    from_injector = from_injector[0] if isinstance(from_injector, list) else from_injector
+
+    # Env order differs (the template sorts options by name); the set of variables may not.
+    assert env_dict(from_template) == env_dict(from_injector)
+    assert {k: v for k, v in from_template.items() if k != "env"} == {
+        k: v for k, v in from_injector.items() if k != "env"
+    }
+    injected_volumes = [
+        op["value"] for op in outcome.patch if op["path"].startswith("/spec/volumes")
+    ]
+    flat = [
+        v for value in injected_volumes for v in (value if isinstance(value, list) else [value])
+    ]
+    assert pod_spec.get("volumes", []) == flat
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["kafka-tenant-proxy.io/sidecar"] == "true"
+    assert (
+        deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "15090"
+    )
+
+
+def test_named_template_refuses_what_the_injector_refuses(
+    consumer_chart: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "orders-worker"
+    shutil.copytree(consumer_chart, broken)
+    deployment = broken / "templates" / "deployment.yaml"
+    deployment.write_text(deployment.read_text().replace('"service" "orders-worker" ', ""))
+    with (
+        Chart.load(broken) as chart,
+        pytest.raises(HelmError, match='option "service" is required'),
+    ):
+        render(chart, {"kafka-tenant-proxy": {"routes": {"enabled": False}}})
