@@ -7,12 +7,15 @@ import asyncio
 import base64
 import copy
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import jsonpatch
 import pytest
+import yaml
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -565,3 +568,18 @@ def test_review_refusal_has_status_message() -> None:
 def test_not_a_review(body: Any) -> None:
     with pytest.raises(BadReview):
         answer(body, TEMPLATE)
+
+
+def test_readme_example_is_injected_and_its_refusal_is_what_the_injector_says() -> None:
+    """The README's annotated Deployment gets the sidecar; its refusal example is verbatim."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Kubernetes: install, annotate, verify") :]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, flags=re.DOTALL)
+    deployment = next(yaml.safe_load(b) for b in blocks if "kind: Deployment" in b)
+    pod = {"apiVersion": "v1", "kind": "Pod", **deployment["spec"]["template"]}
+    patched = apply(pod, plan(pod, TEMPLATE))
+    env = env_of(sidecar_of(patched))
+    assert env["KTP_SANDBOX"] == "pr-42" and env["KTP_APP_URL"] == "http://127.0.0.1:8080/events"
+    pod["metadata"]["annotations"]["kafka-tenant-proxy.io/ordering"] = "random"
+    refused = refusal(pod)
+    assert f'denied the request:\n{refused}\n' in section
