@@ -40,12 +40,19 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    """Run a coroutine on uvloop when it is installed (it is a dependency on Linux)."""
+    """Run ``main()`` on uvloop when it is installed (it is a dependency on Linux).
+
+    ``main`` is called inside the running loop: aiokafka and asyncio objects are created there.
+    """
+
+    async def inside_loop() -> int:
+        return await main()
+
     try:
         import uvloop
     except ImportError:  # pragma: no cover - only on platforms without uvloop
-        return asyncio.run(main())
-    return uvloop.run(main())
+        return asyncio.run(inside_loop())
+    return uvloop.run(inside_loop())
 
 
 def build_parser() -> argparse.ArgumentParser:

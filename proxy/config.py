@@ -154,7 +154,9 @@ def resolve(
         if raw is None:
             if option.required:
                 problems.append(f"--{option.name} is required (or set {option.env})")
-            values[option.dest] = option.default
+            # Defaults are written as a user would type them ("127.0.0.1:15000"): parse them too.
+            default = option.default
+            values[option.dest] = option.parse(default) if isinstance(default, str) else default
             continue
         if option.choices is not None and raw not in option.choices:
             problems.append(f"{source}: {raw!r} is not one of {', '.join(option.choices)}")

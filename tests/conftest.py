@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -114,3 +114,14 @@ async def produce(
 
 def baggage(tenant: str | None) -> list[tuple[str, bytes]]:
     return [] if tenant is None else [("baggage", f"tenant={tenant}".encode())]
+
+
+async def eventually(check: "Callable[[], Awaitable[bool]]", timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll an async check until it holds; fail naming ``what`` if it does not within ``timeout``."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout}s")
+        await asyncio.sleep(0.05)

@@ -69,10 +69,16 @@ class DeadLetterWriter:
         return f"DeadLetterWriter(service={self.service!r}, sandbox={self.sandbox!r})"
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
+        """Connect. A failed start leaves nothing open, so it can be retried."""
+        producer = AIOKafkaProducer(
             **self.connection.client_kwargs(), acks="all", client_id=f"ktp-dlq-{self.service}"
         )
-        await self._producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
 
     async def stop(self) -> None:
         if self._producer is not None:

@@ -128,9 +128,10 @@ class Dispatcher:
     async def drain(self, timeout: float) -> bool:
         """Wait until every queued record is done; False if ``timeout`` ran out first."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def settle(self, states: list[PartitionState], timeout: float) -> None:

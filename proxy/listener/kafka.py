@@ -57,14 +57,14 @@ class KafkaListener:
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
         self._pauses: dict[TopicPartition, set[str]] = defaultdict(set)
-        self._consumer = AIOKafkaConsumer(
-            **connection.client_kwargs(),
+        self._consumer_kwargs: dict[str, Any] = dict(
             group_id=group,
             client_id=client_id,
             enable_auto_commit=False,
             auto_offset_reset=auto_offset_reset,
             **(consumer_options or {}),
         )
+        self._consumer: AIOKafkaConsumer | None = None
 
     def __repr__(self) -> str:
         return f"KafkaListener(group={self.group!r}, topics={self.topics!r}, joined={self.joined})"
@@ -72,36 +72,50 @@ class KafkaListener:
     @property
     def consumer(self) -> AIOKafkaConsumer:
         """The underlying consumer, for seeks and offset look-ups by the runtime."""
+        assert self._consumer is not None, "KafkaListener.start() was not called"
         return self._consumer
 
     async def start(self) -> None:
-        self._consumer.subscribe(list(self.topics), listener=_Rebalance(self))
-        await self._consumer.start()
+        """Connect and join the group. A failed start leaves nothing open, so it can be retried."""
+        consumer = AIOKafkaConsumer(**self.connection.client_kwargs(), **self._consumer_kwargs)
+        consumer.subscribe(list(self.topics), listener=_Rebalance(self))
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
 
     async def stop(self) -> None:
         """Leave the group and close. Commit before calling this."""
-        await self._consumer.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
 
     async def fetch(self, timeout_ms: int, max_records: int) -> Batch:
-        result: Batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        result: Batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         return result
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        await self._consumer.commit(offsets)
+        await self.consumer.commit(offsets)
 
     async def committed(self, tp: TopicPartition) -> int | None:
-        result: int | None = await self._consumer.committed(tp)
+        result: int | None = await self.consumer.committed(tp)
         return result
 
     def assignment(self) -> frozenset[TopicPartition]:
+        if self._consumer is None:
+            return frozenset()
         return frozenset(self._consumer.assignment())
 
     def highwater(self, tp: TopicPartition) -> int | None:
+        if self._consumer is None:
+            return None
         result: int | None = self._consumer.highwater(tp)
         return result
 
     def pause(self, tps: Iterable[TopicPartition], reason: str) -> None:
-        assigned = self._consumer.assignment()
+        assigned = self.assignment()
         newly = []
         for tp in tps:
             reasons = self._pauses[tp]
@@ -109,10 +123,10 @@ class KafkaListener:
                 newly.append(tp)
             reasons.add(reason)
         if newly:
-            self._consumer.pause(*newly)
+            self.consumer.pause(*newly)
 
     def resume(self, tps: Iterable[TopicPartition], reason: str) -> None:
-        assigned = self._consumer.assignment()
+        assigned = self.assignment()
         freed = []
         for tp in tps:
             reasons = self._pauses.get(tp)
@@ -122,7 +136,7 @@ class KafkaListener:
             if not reasons and tp in assigned:
                 freed.append(tp)
         if freed:
-            self._consumer.resume(*freed)
+            self.consumer.resume(*freed)
 
     def paused(self, tp: TopicPartition) -> frozenset[str]:
         return frozenset(self._pauses.get(tp, ()))
@@ -142,7 +156,7 @@ class KafkaListener:
         # Pauses asked for before the assignment (e.g. app unhealthy) take effect now.
         held = [tp for tp in assigned if self._pauses.get(tp)]
         if held:
-            self._consumer.pause(*held)
+            self.consumer.pause(*held)
 
 
 def _fmt(tps: Iterable[TopicPartition]) -> str:

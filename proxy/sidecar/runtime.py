@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 FETCH_TIMEOUT_MS = 500
 FETCH_MAX_RECORDS = 2000
 REVOKE_TIMEOUT = 5.0
+KAFKA_RETRY_INITIAL = 0.5
+KAFKA_RETRY_MAX = 10.0
 DECISIONS_KEPT = 256
 
 
@@ -109,7 +111,7 @@ class Sidecar:
         )
         self.admin = HttpServer(
             config.admin_addr,
-            admin_routes(readiness=self.readiness, routes=self._routes_view, decisions=self._decisions_view),
+            admin_routes(readiness=self.readiness, routes=self._routes_view, decisions=self.decisions),
             name="admin",
         )
         self.metrics_server = HttpServer(config.metrics_addr, metrics_routes(self._render_metrics), name="metrics")
@@ -131,13 +133,32 @@ class Sidecar:
     async def start(self) -> None:
         log.info("starting %r", self)
         for part in (self.metrics_server, self.admin, self.route_source, self.health, self.upstream):
+            self._started.append(part)  # before start(): a half-started part is stopped too
             await part.start()
-            self._started.append(part)
-        if self.dead_letters is not None:
-            await self.dead_letters.start()
-            self._started.append(self.dead_letters)
-        await self.listener.start()
+        await self._connect_kafka()
         self._commit_task = asyncio.create_task(self._commit_loop(), name="ktp-commit")
+
+    async def _connect_kafka(self) -> None:
+        """Connect to Kafka, retrying while it is unreachable (a sidecar often starts before the
+        network or the broker is ready); /healthz answers meanwhile and /readyz says why not."""
+        delay = KAFKA_RETRY_INITIAL
+        while True:
+            try:
+                if self.dead_letters is not None:
+                    await self.dead_letters.start()
+                    self._started.append(self.dead_letters)
+                await self.listener.start()
+                return
+            except KafkaError as exc:
+                if self.dead_letters is not None and self.dead_letters in self._started:
+                    self._started.remove(self.dead_letters)
+                    await self.dead_letters.stop()
+                log.warning(
+                    "Kafka at %s not reachable (%r); retrying in %.1fs",
+                    self.config.kafka.bootstrap_servers, exc, delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, KAFKA_RETRY_MAX)
 
     async def run(self) -> None:
         """Fetch, decide and dispatch until :meth:`request_stop`."""
@@ -175,25 +196,32 @@ class Sidecar:
         log.info("stopped %r", self)
 
     async def serve(self) -> int:
-        """Run until SIGTERM/SIGINT, then stop gracefully. A second signal stops at once."""
+        """Run until SIGTERM/SIGINT, then stop gracefully. A signal during start-up abandons the
+        start; a second signal abandons the graceful stop."""
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
+        assert main is not None
         signals = 0
+        running = False
 
         def on_signal(signum: int) -> None:
             nonlocal signals
             signals += 1
             log.info("received %s", signal.Signals(signum).name)
-            if signals == 1:
-                self.request_stop()
-            elif main is not None:
+            self.request_stop()
+            if signals > 1 or not running:
                 main.cancel()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         try:
             await self.start()
+            running = True
             await self.run()
+        except asyncio.CancelledError:
+            if not signals:
+                raise
+            main.uncancel()
         finally:
             await self.stop()
         return 0
@@ -320,7 +348,8 @@ class Sidecar:
     def _routes_view(self) -> dict[str, Any]:
         return {"source": self.route_source.describe(), **self.table.snapshot()}
 
-    def _decisions_view(self) -> list[dict[str, Any]]:
+    def decisions(self) -> list[dict[str, Any]]:
+        """The last decisions, newest first, for ``/decisions``."""
         return [
             {
                 "topic": topic,

@@ -51,6 +51,8 @@ class RecordingApp:
     name: str = "app"
     answer: Answer = always_ok
     port: int = field(default_factory=free_port)
+    # Seconds each delivery takes, to keep records queued (restarts, drains, backpressure).
+    delay: float = 0.0
     received: list[Received] = field(default_factory=list)
     calls: int = 0
     _runner: web.AppRunner | None = None
@@ -63,6 +65,8 @@ class RecordingApp:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
         seen = Received(
             body,
             {k.lower(): v for k, v in request.headers.items()},
@@ -106,7 +110,8 @@ class RecordingApp:
                 raise AssertionError(f"{self.name}: {len(self.received)} of {count} deliveries within {timeout}s")
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
+            except TimeoutError:
                 pass
         return self.received

@@ -108,10 +108,9 @@ class AppHealth:
                 self._set(ok)
             self._wake.clear()
             try:
-                await asyncio.wait_for(
-                    self._wake.wait(), self.interval if ok else UNHEALTHY_INTERVAL
-                )
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.interval if ok else UNHEALTHY_INTERVAL):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
 
     def _set(self, healthy: bool) -> None:

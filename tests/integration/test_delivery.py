@@ -1,0 +1,208 @@
+"""Delivery against the real broker and a real app: order under retries, restarts, dead letters,
+hostile headers, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from pathlib import Path
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer
+
+from proxy.sidecar.runtime import Sidecar
+from proxy.testing.app import Received, RecordingApp
+from proxy.testing.broker import free_port
+from tests.conftest import baggage, eventually, produce, sidecar_config
+
+ROUTES = 'tenants:\n  "123": {orders-worker: pr-42}\n'
+
+
+def routes_file(tmp_path: Path) -> str:
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES)
+    return str(path)
+
+
+def account(received: list[Received], expected: set[int]) -> tuple[int, int, int]:
+    """(lost, duplicated, out of order within a partition) of deliveries whose body is an int."""
+    counts = collections.Counter(int(r.body) for r in received)
+    lost = len(expected - set(counts))
+    duplicated = sum(n - 1 for n in counts.values() if n > 1)
+    last: dict[int, int] = {}
+    disorder = 0
+    for r in received:
+        if r.offset < last.get(r.partition, -1):
+            disorder += 1
+        last[r.partition] = r.offset
+    return lost, duplicated, disorder
+
+
+async def get_json(url: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, json.loads(await response.text())
+
+
+async def test_retries_on_503_keep_partition_order(bootstrap_servers: str, topic: str, tmp_path: Path) -> None:
+    def flaky(_: Received, call: int) -> tuple[int, dict[str, str], bytes]:
+        return (503, {}, b"busy") if call % 3 == 0 else (200, {}, b"")
+
+    n = 300
+    await produce(bootstrap_servers, topic, [(f"k{i % 11}".encode(), str(i).encode(), []) for i in range(n)])
+    async with RecordingApp(answer=flaky) as app:
+        async with Sidecar(sidecar_config(bootstrap_servers, topic, app.url, routes_file(tmp_path))) as sidecar:
+            await app.wait_for(n)
+            metrics = sidecar.metrics.render().decode()
+    lost, duplicated, disorder = account(app.received, set(range(n)))
+    print(f"503 every 3rd call: calls={app.calls} delivered={len(app.received)} lost={lost} dup={duplicated} disorder={disorder}")
+    assert (lost, duplicated, disorder) == (0, 0, 0)
+    assert app.calls > n  # retries happened
+    assert f'ktp_delivery_attempts_total{{outcome="http_503",topic="{topic}"}}' in metrics
+
+
+async def test_no_loss_across_a_restart(bootstrap_servers: str, topic: str, tmp_path: Path) -> None:
+    routes = routes_file(tmp_path)
+    first, second = 400, 200
+    await produce(bootstrap_servers, topic, [(None, str(i).encode(), []) for i in range(first)])
+    async with RecordingApp(delay=0.01) as app:
+        # A short drain: the first sidecar stops with records fetched and not delivered, which it
+        # must not commit.
+        config = sidecar_config(bootstrap_servers, topic, app.url, routes, drain_timeout=0.2)
+        async with Sidecar(config):
+            await app.wait_for(first // 4)
+        stopped_at = len(app.received)
+        assert stopped_at < first, "the first sidecar was meant to stop mid-stream"
+        # Records produced while no sidecar runs must arrive too.
+        await produce(bootstrap_servers, topic, [(None, str(i).encode(), []) for i in range(first, first + second)])
+        async with Sidecar(config):
+            await app.wait_for(first + second)
+            await asyncio.sleep(0.5)  # anything delivered twice would show up now
+    lost, duplicated, disorder = account(app.received, set(range(first + second)))
+    print(f"restart after {stopped_at}: delivered={len(app.received)} lost={lost} dup={duplicated} disorder={disorder}")
+    assert (lost, duplicated) == (0, 0)
+
+
+async def test_hostile_headers_are_decided_counted_and_never_injected(
+    bootstrap_servers: str, topic: str, tmp_path: Path
+) -> None:
+    hostile = [
+        ("crlf-baggage", [("baggage", b"tenant=777\r\nx-injected: yes")]),
+        ("crlf-traceparent", [("traceparent", b"00-1-2-01\r\nx-injected: yes"), ("baggage", b"tenant=777")]),
+        ("lf-content-type", [("content-type", b"text/plain\nx-injected: yes")]),
+        ("nul", [("tracestate", b"a=\x00b")]),
+        ("not-utf8", [("baggage", b"tenant=\xff\xfe\xfd")]),
+        ("huge-baggage", [("baggage", b"tenant=123," + b"pad=" + b"x" * 65536)]),
+        ("no-value", []),
+    ]
+    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
+        (name.encode(), None if name == "no-value" else name.encode(), headers) for name, headers in hostile
+    ]
+    async with RecordingApp("baseline") as base_app, RecordingApp("sandbox") as sandbox_app:
+        await produce(bootstrap_servers, topic, records)
+        routes = routes_file(tmp_path)
+        base = Sidecar(sidecar_config(bootstrap_servers, topic, base_app.url, routes))
+        sandbox = Sidecar(sidecar_config(bootstrap_servers, topic, sandbox_app.url, routes, sandbox="pr-42"))
+        async with base, sandbox:
+            await base_app.wait_for(len(hostile))
+
+            async def sandbox_decided_all() -> bool:
+                return len(sandbox.decisions()) == len(hostile)
+
+            await eventually(sandbox_decided_all, what="sandbox decided every record")
+            _, decided = await get_json(f"http://127.0.0.1:{base.admin.port}/decisions")
+            _, sandbox_decided = await get_json(f"http://127.0.0.1:{sandbox.admin.port}/decisions")
+            base_metrics = base.metrics.render().decode()
+            sandbox_metrics = sandbox.metrics.render().decode()
+            await asyncio.sleep(0.5)
+    # Every record has a decision in each pod; baseline owns records without a readable tenant.
+    assert len(decided["decisions"]) == len(hostile) == len(sandbox_decided["decisions"])
+    reasons = {d["reason"] for d in decided["decisions"]}
+    assert {"baggage_not_utf8", "baggage_too_large"} <= reasons
+    assert sandbox_app.received == []
+    assert {d["decision"] for d in sandbox_decided["decisions"]} == {"skip"}
+    # Never an injected header: the app saw no such name, and no value carries CR/LF/NUL.
+    for delivery in base_app.received:
+        names = {name.lower() for name, _ in delivery.raw_headers}
+        assert b"x-injected" not in names
+        for _, value in delivery.raw_headers:
+            assert not set(value) & {0, 10, 13}
+    by_key = {r.headers["kafka-key"]: r for r in base_app.received}
+    assert "baggage" not in by_key["crlf-baggage"].headers
+    assert by_key["crlf-traceparent"].headers["baggage"] == "tenant=777"
+    assert by_key["lf-content-type"].headers["content-type"] == "application/octet-stream"
+    assert by_key["no-value"].headers["kafka-tombstone"] == "true" and by_key["no-value"].body == b""
+    # baggage is rejected as an HTTP header for the CR/LF, non-UTF-8 and oversized records.
+    expected = {"baggage_not_utf8": 1, "baggage_too_large": 1, "header_baggage": 3, "header_traceparent": 1,
+                "header_content-type": 1, "header_tracestate": 1}
+    for kind, count in expected.items():
+        assert f'ktp_bad_input_total{{kind="{kind}",topic="{topic}"}} {count}.0' in base_metrics, kind
+    assert 'reason="baggage_not_utf8"' in sandbox_metrics
+
+
+async def test_readyz_is_503_until_the_app_answers(bootstrap_servers: str, topic: str, tmp_path: Path) -> None:
+    await produce(bootstrap_servers, topic, [(None, b"1", baggage(None))])
+    app = RecordingApp(port=free_port())
+    async with Sidecar(sidecar_config(bootstrap_servers, topic, app.url, routes_file(tmp_path))) as sidecar:
+        url = f"http://127.0.0.1:{sidecar.admin.port}/readyz"
+        await asyncio.sleep(2.0)  # long enough to join the group and fetch, were it not gated
+        status, body = await get_json(url)
+        assert status == 503 and body["checks"]["app_healthy"] is False
+        async with app:
+            for _ in range(100):
+                status, body = await get_json(url)
+                if status == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert status == 200, body
+            assert body["checks"] == {"group_joined": True, "routes_synced": True, "app_healthy": True, "stopping": False}
+            await app.wait_for(1)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{sidecar.admin.port}/healthz") as response:
+                assert response.status == 200
+
+
+async def test_rejected_records_are_dead_lettered_intact(bootstrap_servers: str, topic: str, tmp_path: Path) -> None:
+    def reject_poison(seen: Received, _: int) -> tuple[int, dict[str, str], bytes]:
+        return (422, {}, b"no") if seen.body == b"poison" else (200, {}, b"")
+
+    headers = [("baggage", b"tenant=555"), ("x-custom", b"\x00\x01")]
+    await produce(bootstrap_servers, topic, [(b"k", b"ok-1", []), (b"pk", b"poison", headers), (b"k", b"ok-2", [])])
+    async with RecordingApp(answer=reject_poison) as app:
+        async with Sidecar(sidecar_config(bootstrap_servers, topic, app.url, routes_file(tmp_path))):
+            await app.wait_for(2)
+            consumer = AIOKafkaConsumer(
+                f"{topic}.dlq", bootstrap_servers=bootstrap_servers, auto_offset_reset="earliest"
+            )
+            await consumer.start()
+            try:
+                record = await asyncio.wait_for(consumer.getone(), 20)
+            finally:
+                await consumer.stop()
+    assert record.value == b"poison" and record.key == b"pk"
+    got = dict(record.headers)
+    assert got["baggage"] == b"tenant=555" and got["x-custom"] == b"\x00\x01"
+    assert got["ktp-dead-letter-reason"] == b"http_422" and got["ktp-dead-letter-attempts"] == b"1"
+    assert got["ktp-dead-letter-topic"] == topic.encode()
+
+
+async def test_metrics_endpoint_has_the_contract_names(bootstrap_servers: str, topic: str, tmp_path: Path) -> None:
+    await produce(bootstrap_servers, topic, [(None, b"1", baggage("123")), (None, b"2", baggage("9"))])
+    async with RecordingApp() as app:
+        async with Sidecar(sidecar_config(bootstrap_servers, topic, app.url, routes_file(tmp_path))) as sidecar:
+            await app.wait_for(1)
+            await asyncio.sleep(0.5)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{sidecar.metrics_server.port}/metrics") as response:
+                    assert response.status == 200
+                    text = await response.text()
+            _, routes = await get_json(f"http://127.0.0.1:{sidecar.admin.port}/routes")
+    for name in (
+        "ktp_records_consumed_total", "ktp_records_delivered_total", "ktp_records_skipped_total",
+        "ktp_delivery_attempts_total", "ktp_delivery_duration_seconds_bucket", "ktp_consumer_lag",
+        "ktp_route_tenants", "ktp_dead_letters",
+    ):
+        assert name in text, name
+    assert f'ktp_records_skipped_total{{reason="routed_to_sandbox",topic="{topic}"}} 1.0' in text
+    assert "ktp_route_tenants 1.0" in text
+    assert routes["synced"] is True and routes["tenants"]["123"]["routes"] == {"orders-worker": "pr-42"}
