@@ -87,6 +87,8 @@ def sidecar_config(
         drain_timeout=5.0,
         # Tansu holds a join for half the session timeout; short sessions keep tests fast.
         session_timeout=2.0,
+        # One registry per test: a route service of another test must not reap this test's groups.
+        groups_topic=f"_ktp_sandbox_groups-{topic}",
     )
     values.update(overrides)
     return SidecarConfig(**values)  # type: ignore[arg-type]

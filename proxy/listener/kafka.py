@@ -79,12 +79,15 @@ class KafkaListener:
         """Connect and join the group. A failed start leaves nothing open, so it can be retried."""
         consumer = AIOKafkaConsumer(**self.connection.client_kwargs(), **self._consumer_kwargs)
         consumer.subscribe(list(self.topics), listener=_Rebalance(self))
+        # Set before start(): the group may be joined, and the rebalance callbacks run, before
+        # start() returns.
+        self._consumer = consumer
         try:
             await consumer.start()
         except BaseException:
+            self._consumer = None
             await consumer.stop()
             raise
-        self._consumer = consumer
 
     async def stop(self) -> None:
         """Leave the group and close. Commit before calling this."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.config import Option, parse_host_port, parse_positive_int
+from proxy.config import Option, parse_host_port, parse_positive_float, parse_positive_int
 from proxy.errors import BrokerError, ConfigError, RouteSourceError
 from proxy.kafka import KAFKA_OPTIONS, KafkaConnection
 from proxy.routeservice.api import (
@@ -38,6 +38,7 @@ from proxy.routeservice.api import (
     parse_wait,
     token_matches,
 )
+from proxy.routeservice.groups import DEFAULT_GROUPS_TOPIC, DEFAULT_REAP_INTERVAL, GroupReaper
 from proxy.routeservice.store import RouteStore
 from proxy.routing.records import format_rfc3339
 from proxy.routing.sources.kafka import DEFAULT_ROUTES_TOPIC, check_topic_name
@@ -58,6 +59,13 @@ ROUTE_SERVICE_OPTIONS = (
         "replication factor when creating the routes topic (default: min(3, brokers))",
         parse=parse_positive_int,
     ),
+    Option("groups-topic", "compacted topic where sandbox sidecars register their consumer groups", DEFAULT_GROUPS_TOPIC),
+    Option(
+        "group-reap-interval",
+        "seconds between deletions of sandbox groups no route references (they must also be empty)",
+        DEFAULT_REAP_INTERVAL,
+        parse=parse_positive_float,
+    ),
     Option("log-level", "log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
 
@@ -74,6 +82,8 @@ class RouteServiceConfig:
     routes_topic_replication_factor: int | None = None
     log_level: str = "INFO"
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    groups_topic: str = DEFAULT_GROUPS_TOPIC
+    group_reap_interval: float = DEFAULT_REAP_INTERVAL
 
     @classmethod
     def from_options(cls, values: dict[str, Any]) -> RouteServiceConfig:
@@ -86,6 +96,8 @@ class RouteServiceConfig:
             max_body_bytes=values["max_body_bytes"],
             routes_topic_replication_factor=values["routes_topic_replication_factor"],
             log_level=values["log_level"],
+            groups_topic=check_topic_name(values["groups_topic"]),
+            group_reap_interval=values["group_reap_interval"],
         )
 
 
@@ -184,6 +196,12 @@ class RouteService:
             config.routes_topic,
             replication_factor=config.routes_topic_replication_factor,
         )
+        self.reaper = GroupReaper(
+            config.kafka,
+            topic=config.groups_topic,
+            live_routes=self.store.list_tenants,
+            interval=config.group_reap_interval,
+        )
         self.host, self.port = config.listen
         self.app = web.Application(
             client_max_size=config.max_body_bytes, middlewares=[_json_errors(config.max_body_bytes)]
@@ -227,6 +245,7 @@ class RouteService:
             self.port = int(self._runner.addresses[0][1])
         log.info("route service listening on %s:%d", self.host, self.port)
         await self.store.start()
+        await self.reaper.start()
 
     async def stop(self) -> None:
         """Stop accepting, answer long-polls, drain, then close the store."""
@@ -236,6 +255,7 @@ class RouteService:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.reaper.stop()
         await self.store.stop()
 
     async def __aenter__(self) -> RouteService:
@@ -306,6 +326,7 @@ class RouteService:
         routes = parse_put_body(await request.read())
         self._require_ready()
         record = await self.store.put(tenant, routes)
+        self.reaper.poke()  # a changed route may leave a sandbox group unreferenced
         return json_response(record.to_api())
 
     async def _delete_tenant(self, request: web.Request) -> web.Response:
@@ -314,6 +335,7 @@ class RouteService:
         self._require_ready()
         if await self.store.delete(tenant) is None:
             return json_error(404, f"tenant {tenant!r} not found")
+        self.reaper.poke()
         return web.Response(status=204)
 
     async def _watch_routes(self, request: web.Request) -> web.Response:

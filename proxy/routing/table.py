@@ -164,6 +164,20 @@ class RouteTable:
         route = self.route_at(tenant, at_ms)
         return None if route is None else route.services.get(service)
 
+    def routed_since(self, service: str, sandbox: str) -> int | None:
+        """Earliest time from which some tenant has been routed ``service`` → ``sandbox`` without
+        interruption up to now (None if no live route does). Where a new sandbox group starts."""
+        earliest: int | None = None
+        for history in self._tenants.values():
+            since = None
+            for route in reversed(history.routes):
+                if route.services.get(service) != sandbox:
+                    break
+                since = route.effective_from_ms
+            if since is not None and (earliest is None or since < earliest):
+                earliest = since
+        return earliest
+
     def routes(self) -> Iterator[Route]:
         """Latest live route of every tenant, for ``/routes`` and listings."""
         for history in self._tenants.values():

@@ -22,6 +22,7 @@ from proxy.routing.tenant import DEFAULT_TENANT_KEY
 
 DEFAULT_ROUTES = "kafka:"
 DEFAULT_ROUTES_TOPIC = "_ktp_routes"
+DEFAULT_GROUPS_TOPIC = "_ktp_sandbox_groups"
 DEFAULT_ADMIN_ADDR = "127.0.0.1:15000"
 DEFAULT_METRICS_ADDR = "0.0.0.0:15090"
 DEFAULT_PUBLISH_ADDR = "127.0.0.1:15001"
@@ -51,6 +52,12 @@ SIDECAR_OPTIONS = (
         DEFAULT_ROUTES,
     ),
     Option("tenant-key", "baggage key holding the tenant", DEFAULT_TENANT_KEY),
+    Option(
+        "groups-topic",
+        "compacted topic where a sandbox pod registers its consumer group, so the route service "
+        "can delete the group once no route references the sandbox",
+        DEFAULT_GROUPS_TOPIC,
+    ),
     Option("ordering", "delivery order: per partition, per key, or none", "partition", choices=ORDERINGS),
     Option("max-in-flight", "deliveries in flight at once", DEFAULT_MAX_IN_FLIGHT, parse=parse_positive_int),
     Option("max-attempts", "attempts before a retriable failure is dead-lettered", DEFAULT_MAX_ATTEMPTS, parse=parse_positive_int),
@@ -93,6 +100,7 @@ class SidecarConfig:
     app_token_file: str | None = None
     routes: str = DEFAULT_ROUTES
     tenant_key: str = DEFAULT_TENANT_KEY
+    groups_topic: str = DEFAULT_GROUPS_TOPIC
     ordering: str = "partition"
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_attempts: int = DEFAULT_MAX_ATTEMPTS

@@ -14,7 +14,7 @@ import logging
 import signal
 from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
@@ -23,10 +23,13 @@ from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.dispatcher import PartitionState, Dispatcher
 from proxy.delivery.headers import forwarded_header_names
 from proxy.delivery.policy import RetryPolicy
-from proxy.listener.kafka import KafkaListener
+from proxy.kafka import KafkaConnection
+from proxy.listener.kafka import Batch, KafkaListener
 from proxy.metrics import Metrics
 from proxy.routing.filter import RouteFilter
-from proxy.routing.sources import RouteSource, create_route_source
+from proxy.errors import BrokerError, RouteSourceError
+from proxy.routeservice.groups import SandboxGroup, register_sandbox_group
+from proxy.routing.sources import CatchUpRouteSource, RouteSource, create_route_source
 from proxy.routing.tenant import TenantExtractor
 from proxy.sidecar.config import SidecarConfig
 from proxy.upstream.health import AppHealth
@@ -42,6 +45,19 @@ KAFKA_RETRY_MAX = 10.0
 DECISIONS_KEPT = 256
 
 
+async def committed_offsets(
+    connection: KafkaConnection, group: str, tps: list[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """Another group's committed offsets (OffsetFetch), without joining it."""
+    consumer = AIOKafkaConsumer(**connection.client_kwargs(), group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {tp: await consumer.committed(tp) for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+
 class Sidecar:
     """One sidecar: a consumer group member that forwards its pod's records to the app."""
 
@@ -55,7 +71,13 @@ class Sidecar:
         self.config = config
         self.metrics = metrics or Metrics()
         self.route_source = route_source or create_route_source(
-            config.routes, on_error=lambda _: self.metrics.route_source_errors.inc()
+            config.routes,
+            on_error=lambda _: self.metrics.route_source_errors.inc(),
+            connection=config.kafka,
+        )
+        # kafka: and http: sources can be brought up to date on demand; file: cannot.
+        self._catch_up_source = (
+            self.route_source if isinstance(self.route_source, CatchUpRouteSource) else None
         )
         self.table = self.route_source.table
         self.filter = RouteFilter(config.service, config.sandbox, self.table)
@@ -144,12 +166,19 @@ class Sidecar:
         delay = KAFKA_RETRY_INITIAL
         while True:
             try:
+                if self.config.sandbox is not None:
+                    # Registered before the group exists, so the route service can clean it up.
+                    await register_sandbox_group(
+                        self.config.kafka,
+                        self.config.groups_topic,
+                        SandboxGroup(self.config.consumer_group, self.config.service, self.config.sandbox),
+                    )
                 if self.dead_letters is not None:
                     await self.dead_letters.start()
                     self._started.append(self.dead_letters)
                 await self.listener.start()
                 return
-            except KafkaError as exc:
+            except (KafkaError, BrokerError) as exc:
                 if self.dead_letters is not None and self.dead_letters in self._started:
                     self._started.remove(self.dead_letters)
                     await self.dead_letters.stop()
@@ -164,6 +193,8 @@ class Sidecar:
         """Fetch, decide and dispatch until :meth:`request_stop`."""
         while not self._stopping.is_set():
             batch = await self.listener.fetch(FETCH_TIMEOUT_MS, FETCH_MAX_RECORDS)
+            if batch and self._catch_up_source is not None and not await self._routes_cover(batch):
+                continue  # stopping: the batch is abandoned uncommitted
             for tp, records in batch.items():
                 state = self._partitions.get(tp)
                 if state is not None and not state.revoked:
@@ -236,6 +267,33 @@ class Sidecar:
         await self._run_task
         await self.stop()
 
+    async def _routes_cover(self, batch: Batch) -> bool:
+        """Make the route table complete up to the newest record of ``batch`` before deciding it.
+
+        Routes are judged at the record's time (DESIGN.md): a record newer than what the table is
+        known to hold may belong to a route written just now, so the source catches up first (one
+        cheap round trip, shared by concurrent callers, at most once per batch). Records from
+        clocks ahead of ours are decided once the catch-up returns. Returns False if stopping.
+        """
+        source = self._catch_up_source
+        assert source is not None
+        newest = max(records[-1].timestamp for records in batch.values())
+        if newest <= source.synced_at_ms:
+            return True
+        delay = KAFKA_RETRY_INITIAL
+        while not self._stopping.is_set():
+            try:
+                await source.catch_up(newest)
+                return True
+            except RouteSourceError as exc:
+                # Deciding on a table that may miss a new route could let baseline and sandbox
+                # both handle (or both skip) a record: hold the batch instead.
+                self.metrics.route_source_errors.inc()
+                log.warning("routes could not catch up (%s); holding the batch, retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, KAFKA_RETRY_MAX)
+        return False
+
     # -- the hot path ----------------------------------------------------------------------------
 
     def _handle(self, state: PartitionState, records: list[ConsumerRecord[bytes, bytes]]) -> None:
@@ -276,6 +334,36 @@ class Sidecar:
                 self._partitions[tp] = PartitionState(tp)
         if not self.health.healthy:
             self.listener.pause(assigned, "app_unhealthy")
+        if self.config.sandbox is not None and assigned:
+            await self._position_new_sandbox_group(assigned)
+
+    async def _position_new_sandbox_group(self, assigned: frozenset[TopicPartition]) -> None:
+        """Where a sandbox group with no committed offset starts (DESIGN.md, "Offsets and
+        lifecycle"): at ``effective_from`` of the earliest route that sends a tenant to this
+        sandbox, so a sandbox pod started after its route still gets every record of its tenants;
+        with no such route, at the baseline group's committed offsets."""
+        consumer = self.listener.consumer
+        fresh = [tp for tp in sorted(assigned) if await consumer.committed(tp) is None]
+        if not fresh:
+            return
+        assert self.config.sandbox is not None
+        since = self.table.routed_since(self.config.service, self.config.sandbox)
+        if since is not None:
+            found = await consumer.offsets_for_times({tp: since for tp in fresh})
+            past_end = [tp for tp in fresh if found.get(tp) is None]
+            ends = await consumer.end_offsets(past_end) if past_end else {}
+            positions = {}
+            for tp in fresh:
+                hit = found.get(tp)
+                positions[tp] = hit.offset if hit is not None else ends[tp]
+                consumer.seek(tp, positions[tp])
+            log.info("new sandbox group starts at routes' effective_from %d: %s", since, positions)
+            return
+        baseline = await committed_offsets(self.config.kafka, self.config.group, fresh)
+        for tp, offset in baseline.items():
+            if offset is not None:
+                consumer.seek(tp, offset)
+        log.info("new sandbox group starts at the baseline group's offsets: %s", baseline)
 
     async def _revoked(self, revoked: frozenset[TopicPartition]) -> None:
         states = [self._partitions[tp] for tp in revoked if tp in self._partitions]

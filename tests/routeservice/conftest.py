@@ -34,6 +34,7 @@ def token_file(tmp_path: Path) -> str:
 @pytest.fixture
 def service_config(bootstrap_servers: str, routes_topic: str, token_file: str) -> RouteServiceConfig:
     return RouteServiceConfig(
+        groups_topic=f"{routes_topic}-groups",
         kafka=KafkaConnection(bootstrap_servers=bootstrap_servers),
         listen=("127.0.0.1", 0),
         routes_topic=routes_topic,

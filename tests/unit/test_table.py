@@ -49,3 +49,17 @@ def test_bad_names_are_refused(bad: str) -> None:
 def test_bad_tenants_are_refused(bad: str) -> None:
     with pytest.raises(RouteError, match="tenant"):
         Route.build(bad, {"svc": "pr-1"}, 0)
+
+
+def test_routed_since_follows_the_current_run() -> None:
+    table = RouteTable()
+    assert table.routed_since("svc", "pr-1") is None
+    table.apply(Route.build("a", {"svc": "pr-1"}, 100))
+    table.apply(Route.build("a", {"svc": "pr-1", "other": "pr-1"}, 200))  # still routed: run goes on
+    table.apply(Route.build("b", {"svc": "pr-2"}, 50))
+    assert table.routed_since("svc", "pr-1") == 100
+    table.apply(Route.build("a", {"svc": "pr-3"}, 300))
+    table.apply(Route.build("a", {"svc": "pr-1"}, 400))  # a new run starts at 400
+    assert table.routed_since("svc", "pr-1") == 400
+    table.apply(Route.build("a", {}, 500))
+    assert table.routed_since("svc", "pr-1") is None and table.routed_since("svc", "pr-2") == 50

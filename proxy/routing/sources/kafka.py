@@ -78,6 +78,7 @@ async def ensure_routes_topic(
     *,
     create: bool = True,
     replication_factor: int | None = None,
+    purpose: str = "routes topic",
 ) -> None:
     """Create the routes topic if it is missing (1 partition, ``cleanup.policy=compact``) and check
     an existing one.
@@ -85,6 +86,8 @@ async def ensure_routes_topic(
     Creation comes first, before anything asks for the topic's metadata: brokers with topic
     auto-creation would otherwise create it on that request with their defaults (several
     partitions, ``delete`` policy). ``replication_factor`` None means ``min(3, brokers)``.
+
+    ``purpose`` names the topic in messages (the sandbox-group registry uses the same checks).
 
     Raises :class:`ConfigError` for a topic that cannot serve as the routes topic (more than one
     partition, or a cleanup policy without ``compact``), :class:`BrokerError` when Kafka cannot
@@ -102,26 +105,26 @@ async def ensure_routes_topic(
             )
             for _, code, message in response.topic_errors:
                 if code == 0:
-                    log.info("created routes topic %s (1 partition, compacted, replication %d)", topic, replication_factor)
+                    log.info("created %s %s (1 partition, compacted, replication %d)", purpose, topic, replication_factor)
                 elif code in (_TOPIC_AUTHORIZATION_FAILED, _CLUSTER_AUTHORIZATION_FAILED):
                     # Not ours to create; an operator may have created it. Checked below.
-                    log.warning("not allowed to create routes topic %s; expecting it to exist", topic)
+                    log.warning("not allowed to create %s %s; expecting it to exist", purpose, topic)
                 elif code != _TOPIC_ALREADY_EXISTS:
-                    raise BrokerError(f"cannot create routes topic {topic!r}: error {code}: {message}")
+                    raise BrokerError(f"cannot create {purpose} {topic!r}: error {code}: {message}")
         described = (await admin.describe_topics([topic]) or [{}])[0]
         if described.get("error_code"):
-            raise BrokerError(f"cannot describe routes topic {topic!r}: error {described['error_code']}")
+            raise BrokerError(f"cannot describe {purpose} {topic!r}: error {described['error_code']}")
         partitions = described.get("partitions") or []
         if len(partitions) != 1:
             raise ConfigError(
-                f"routes topic {topic!r} has {len(partitions)} partitions; it must have exactly 1 so that "
-                "route writes have one order: recreate it with 1 partition and cleanup.policy=compact"
+                f"{purpose} {topic!r} has {len(partitions)} partitions; it must have exactly 1 so that "
+                "writes have one order: recreate it with 1 partition and cleanup.policy=compact"
             )
         _check_cleanup_policy(
             topic, await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
         )
     except KafkaError as exc:
-        raise BrokerError(f"cannot set up routes topic {topic!r} on {connection.bootstrap_servers}: {exc}") from exc
+        raise BrokerError(f"cannot set up {purpose} {topic!r} on {connection.bootstrap_servers}: {exc}") from exc
     finally:
         await admin.close()
 
