@@ -1,7 +1,8 @@
 """Admin and metrics servers: small local HTTP listeners of their own (Envoy's admin model).
 
 Admin (default 127.0.0.1:15000): ``GET /healthz`` (the process is up), ``GET /readyz`` (200 once
-the group is joined, routes are synced and the app answers, else 503, with the checks as JSON),
+the group is joined, routes are synced and the app answers, else 503, with the checks as JSON and
+a ``detail`` that does not affect readiness, e.g. stalled partitions),
 ``GET /routes`` (the route table, its version and sync state), ``GET /decisions`` (the last
 decisions with reasons). Metrics (default 0.0.0.0:15090): ``GET /metrics``.
 
@@ -50,9 +51,7 @@ class HttpServer:
         await site.start()
         if self.port == 0:
             # Bound to an ephemeral port (tests): report the real one.
-            server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -65,13 +64,20 @@ def admin_routes(
     readiness: Callable[[], tuple[bool, dict[str, Any]]],
     routes: Callable[[], dict[str, Any]],
     decisions: Callable[[], list[dict[str, Any]]],
+    detail: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Handler]:
+    """``detail`` adds what readiness does not depend on but an operator wants to see next to
+    it (stalled partitions) to ``/readyz`` as ``"detail"``."""
+
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
         ready, checks = readiness()
-        return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
+        body: dict[str, Any] = {"ready": ready, "checks": checks}
+        if detail is not None:
+            body["detail"] = detail()
+        return json_response(body, 200 if ready else 503)
 
     async def get_routes(_: web.Request) -> web.Response:
         return json_response(routes())

@@ -52,11 +52,15 @@ _PROBLEM_SKIP: dict[str, Skip] = {}
 def _problem_decision(problem: str, baseline: bool) -> Decision:
     # A header we cannot read carries no tenant we can trust: baseline owns such records (as it
     # owns records with no tenant) and sandboxes skip them, each with the problem as the reason.
-    table = _PROBLEM_DELIVER if baseline else _PROBLEM_SKIP
-    decision = table.get(problem)
-    if decision is None:
-        decision = table[problem] = Deliver(problem) if baseline else Skip(problem)
-    return decision
+    if baseline:
+        deliver = _PROBLEM_DELIVER.get(problem)
+        if deliver is None:
+            deliver = _PROBLEM_DELIVER[problem] = Deliver(problem)
+        return deliver
+    skip = _PROBLEM_SKIP.get(problem)
+    if skip is None:
+        skip = _PROBLEM_SKIP[problem] = Skip(problem)
+    return skip
 
 
 class RouteFilter:
