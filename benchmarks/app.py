@@ -1,0 +1,128 @@
+"""The minimal app next to the sidecar: a raw-asyncio HTTP/1.1 server in its own process.
+
+``python -m benchmarks.app --port P [--expect N] [--latency]``. It answers every ``POST`` with
+an empty 200 at the lowest cost we can write in Python, so that throughput is the sender's, and
+keeps the sidecar's ``/proc`` numbers free of the app's work. ``GET /stats`` answers JSON:
+deliveries received, the monotonic times of the first, the last and the ``N``-th one, and with
+``--latency`` each delivery's (partition, offset, record timestamp ms, receipt time µs), the first
+three read from the ``kafka-*`` headers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+
+
+def header_int(head: bytes, name: bytes) -> int:
+    """An integer header of a lowercased request head, -1 when absent."""
+    at = head.find(b"\r\n" + name + b":")
+    if at < 0:
+        return -1
+    end = head.find(b"\r\n", at + 2)
+    return int(head[at + len(name) + 3 : end if end >= 0 else None])
+
+
+class Stats:
+    def __init__(self, latency: bool, expect: int) -> None:
+        self.latency = latency
+        self.expect = expect
+        self.count = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.reached = 0.0
+        self.samples: list[tuple[int, int, int, int]] = []
+
+    def received(self, head: bytes) -> None:
+        now = time.monotonic()
+        if not self.count:
+            self.first = now
+        self.last = now
+        self.count += 1
+        if self.count == self.expect:
+            self.reached = now
+        if self.latency:
+            self.samples.append((
+                header_int(head, b"kafka-partition"),
+                header_int(head, b"kafka-offset"),
+                header_int(head, b"kafka-timestamp"),
+                time.time_ns() // 1000,
+            ))
+
+    def as_json(self, full: bool) -> bytes:
+        data: dict[str, object] = {
+            "count": self.count, "first": self.first, "last": self.last, "reached": self.reached
+        }
+        if full:
+            data["samples"] = self.samples
+        return json.dumps(data).encode()
+
+
+class AppProtocol(asyncio.Protocol):
+    """HTTP/1.1 keep-alive, requests answered in order; only Content-Length framing (what every
+    client in the benchmarks sends)."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        out = []
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head = buffer[:end].lower()
+            total = end + 4 + max(header_int(head, b"content-length"), 0)
+            if len(buffer) < total:
+                break
+            buffer = buffer[total:]
+            if head.startswith(b"post"):
+                self.stats.received(head)
+                out.append(OK)
+            else:
+                payload = self.stats.as_json(full=b"full" in head.split(b"\r\n", 1)[0])
+                out.append(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                    % len(payload)
+                    + payload
+                )
+        self.buffer = buffer
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+
+async def serve(port: int, latency: bool, expect: int) -> None:
+    stats = Stats(latency, expect)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: AppProtocol(stats), "127.0.0.1", port, backlog=1024)
+    async with server:
+        print("listening", flush=True)
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--latency", action="store_true", help="keep per-delivery timings")
+    parser.add_argument("--expect", type=int, default=0, help="note when this many have arrived")
+    args = parser.parse_args()
+    import uvloop
+
+    try:
+        uvloop.run(serve(args.port, args.latency, args.expect))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
