@@ -5,8 +5,11 @@ default. Every command (``ktp sidecar``, ``ktp routes serve``, ``ktp injector se
 declares its options as a tuple of :class:`Option` and gets a plain ``dict`` of parsed values,
 which it turns into its own keyword-only config object.
 
-Secrets are never taken as flag values: options marked ``secret`` only accept a *file* path
-(``--sasl-password-file``), so a password never shows in ``ps`` output or shell history.
+Secrets are never taken as flag values: a secret is read from a file named by an option
+(``--sasl-password-file``), or, for options declared ``env_only``, from the environment alone
+(``KTP_SASL_PASSWORD``, set from a Kubernetes Secret). Such an option has no flag and no YAML key:
+``--sasl-password x`` is refused without echoing ``x``, so a password never shows in ``ps``
+output, shell history, a ConfigMap or an error message.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class Option:
     parse: Callable[[str], Any] = str
     required: bool = False
     choices: Sequence[str] | None = None
+    #: A secret taken from ``KTP_*`` only: never a flag value (``ps``), never a YAML key.
+    env_only: bool = False
 
     @property
     def dest(self) -> str:
@@ -96,6 +101,12 @@ def add_options(parser: argparse.ArgumentParser, options: Iterable[Option]) -> N
         "--config", default=None, metavar="FILE", help="YAML file setting any option below (env: KTP_CONFIG)"
     )
     for option in options:
+        if option.env_only:
+            parser.add_argument(
+                f"--{option.name}", dest=f"_refused_{option.dest}", action=_RefuseSecretFlag,
+                nargs="?", help=argparse.SUPPRESS, env=option.env,
+            )
+            continue
         extra = f" (env: {option.env}"
         extra += f"; default: {option.default!r})" if option.default is not None else ")"
         parser.add_argument(
@@ -104,6 +115,21 @@ def add_options(parser: argparse.ArgumentParser, options: Iterable[Option]) -> N
             default=None,
             choices=option.choices,
             help=option.help + extra,
+        )
+
+
+class _RefuseSecretFlag(argparse.Action):
+    """Fails the parse when an ``env_only`` secret is given as a flag, naming the flag but never
+    its value (argparse's own "unrecognized arguments" error would print the value)."""
+
+    def __init__(self, *args: Any, env: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.env = env
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+        parser.error(
+            f"{option_string} is not accepted on the command line (it would show in ps and shell "
+            f"history): set {self.env} from a secret, or use the matching -file option"
         )
 
 
@@ -139,6 +165,14 @@ def resolve(
     ]
     values: dict[str, Any] = {}
     for option in options:
+        if option.env_only:
+            if option.dest in from_yaml:
+                problems.append(
+                    f"{config_path}: {option.name} is a secret and is not read from --config "
+                    f"files (often ConfigMaps): set {option.env} from a secret instead"
+                )
+            values[option.dest] = env.get(option.env) or None
+            continue
         raw: Any = getattr(args, option.dest, None)
         source = f"--{option.name}"
         if raw is None and option.env in env:

@@ -4,9 +4,13 @@ Admin (default 127.0.0.1:15000): ``GET /healthz`` (the process is up), ``GET /re
 the group is joined, routes are synced and the app answers, else 503, with the checks as JSON and
 a ``detail`` that does not affect readiness, e.g. stalled partitions),
 ``GET /routes`` (the route table, its version and sync state), ``GET /decisions`` (the last
-decisions with reasons). Metrics (default 0.0.0.0:15090): ``GET /metrics``.
+decisions with reasons), ``GET /config`` (the effective configuration with secrets redacted, like
+Envoy's ``/config_dump``: paths of secret files are shown, their contents and secret values
+never). Metrics (default 0.0.0.0:15090): ``GET /metrics``.
 
-Everything here is read-only; nothing changes state on a GET.
+Everything here is read-only; nothing changes state on a GET. The admin listener binds to
+127.0.0.1 by default: it is for the pod's own probes and an operator's port-forward, not the
+network (``/decisions`` shows tenants).
 """
 
 from __future__ import annotations
@@ -65,9 +69,11 @@ def admin_routes(
     routes: Callable[[], dict[str, Any]],
     decisions: Callable[[], list[dict[str, Any]]],
     detail: Callable[[], dict[str, Any]] | None = None,
+    config: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Handler]:
     """``detail`` adds what readiness does not depend on but an operator wants to see next to
-    it (stalled partitions) to ``/readyz`` as ``"detail"``."""
+    it (stalled partitions) to ``/readyz`` as ``"detail"``. ``config`` serves ``/config``; it
+    must return the configuration already redacted (``SidecarConfig.redacted``)."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -85,7 +91,16 @@ def admin_routes(
     async def get_decisions(_: web.Request) -> web.Response:
         return json_response({"decisions": decisions()})
 
-    return {"/healthz": healthz, "/readyz": readyz, "/routes": get_routes, "/decisions": get_decisions}
+    async def get_config(_: web.Request) -> web.Response:
+        assert config is not None
+        return json_response({"config": config()})
+
+    handlers: dict[str, Handler] = {
+        "/healthz": healthz, "/readyz": readyz, "/routes": get_routes, "/decisions": get_decisions
+    }
+    if config is not None:
+        handlers["/config"] = get_config
+    return handlers
 
 
 def metrics_routes(render: Callable[[], bytes]) -> dict[str, Handler]:

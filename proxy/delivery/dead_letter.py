@@ -4,6 +4,12 @@ The dead-letter record keeps the original value, key and every header (routing h
 included, so a replay is routed the same way) and adds ``ktp-dead-letter-*`` headers: reason,
 attempts, last HTTP status, the origin topic/partition/offset/timestamp and the pod's
 service/sandbox. A record counts as done only once the broker has acknowledged its dead letter.
+
+A record the broker accepted on the origin topic may still be too large for the dead-letter topic
+(a smaller ``max.message.bytes``, or a hostile producer's oversized value, which is exactly what
+``--max-record-bytes`` dead-letters). Retrying that forever would stall the partition, so such a
+dead letter is written once more without its value, with ``ktp-dead-letter-value-dropped: <bytes>``;
+the origin headers still say where the full record is.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from aiokafka.structs import ConsumerRecord
 
 from proxy.kafka import KafkaConnection
@@ -22,6 +28,9 @@ log = logging.getLogger(__name__)
 
 RETRY_DELAY = 0.5
 RETRY_DELAY_MAX = 5.0
+# Client-side cap on one dead letter: high, so that the broker's own limit for the dead-letter
+# topic decides (the consumer fetched the record, so it fit the origin topic's limit).
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 
 def dead_letter_headers(
@@ -71,7 +80,10 @@ class DeadLetterWriter:
     async def start(self) -> None:
         """Connect. A failed start leaves nothing open, so it can be retried."""
         producer = AIOKafkaProducer(
-            **self.connection.client_kwargs(), acks="all", client_id=f"ktp-dlq-{self.service}"
+            **self.connection.client_kwargs(),
+            acks="all",
+            client_id=f"ktp-dlq-{self.service}",
+            max_request_size=MAX_REQUEST_BYTES,
         )
         try:
             await producer.start()
@@ -96,10 +108,25 @@ class DeadLetterWriter:
             record, reason=reason, attempts=attempts, status=status, service=self.service, sandbox=self.sandbox
         )
         delay = RETRY_DELAY
+        value = record.value
         while True:
             try:
-                await self._producer.send_and_wait(topic, record.value, key=record.key, headers=headers)
+                await self._producer.send_and_wait(topic, value, key=record.key, headers=headers)
                 return topic
+            except (MessageSizeTooLargeError, RecordTooLargeError) as exc:
+                if value is None:
+                    # Even without the value: nothing smaller to send. Retry (the partition shows
+                    # as stalled) until the topic's limit is raised.
+                    log.warning("dead letter to %s failed, retrying in %.1fs: %r", topic, delay, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_DELAY_MAX)
+                    continue
+                log.error(
+                    "dead letter of %s[%d]@%d (%d bytes) is too large for %s (%s); writing it "
+                    "without its value", record.topic, record.partition, record.offset, len(value), topic, exc,
+                )
+                headers = [*headers, ("ktp-dead-letter-value-dropped", str(len(value)).encode())]
+                value = None
             except KafkaError as exc:
                 log.warning("dead letter to %s failed, retrying in %.1fs: %r", topic, delay, exc)
                 await asyncio.sleep(delay)

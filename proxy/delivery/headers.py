@@ -6,6 +6,13 @@ against RFC 9110's field-value grammar restricted to visible ASCII, space and ta
 CR, LF, NUL, other controls or non-ASCII bytes is not copied (so nothing from a topic can inject
 a header or split a request) and the caller counts it. Names we send are fixed strings, so no
 record can add a header name, and none can override ``authorization`` or framing headers.
+
+More record headers may be forwarded by name (``--forward-headers``), but never the ones in
+:data:`NEVER_FORWARDED` (hop-by-hop and framing headers of RFC 9110/9112, ``host``, credentials)
+nor names under our own ``kafka-``/``ktp-`` prefixes, even if a user asks: a record must not be able
+to change how the request is framed, where it goes, or who it claims to be. A record header name
+matches only if it is an RFC 9110 token in ASCII (so ``str.lower()`` cannot fold a look-alike
+such as KELVIN SIGN into an allowed name).
 """
 
 from __future__ import annotations
@@ -22,15 +29,62 @@ CONTEXT_HEADERS = ("traceparent", "tracestate", "baggage")
 B3_SINGLE = ("b3",)
 B3_MULTI = ("x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags")
 
+# RFC 9110 §5.6.2 token: the only characters a field name may have.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Never copied from a record, whatever the allowlist says: hop-by-hop and framing headers (RFC
+# 9110 §7.6.1, RFC 9112 §6-7), routing (host), and credentials, so nothing can replace the
+# sidecar's own ``authorization``.
+NEVER_FORWARDED = frozenset(
+    {
+        "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
+        "upgrade", "content-length", "host", "expect", "authorization", "proxy-authorization",
+        "proxy-authenticate", "cookie", "forwarded", "x-forwarded-for", "x-forwarded-host",
+        "x-forwarded-proto",
+    }
+)
+RESERVED_PREFIXES = ("kafka-", "ktp-", "proxy-")
+
 _FIELD_VALUE = re.compile(rb"^[\x20-\x7e\t]*$")
 # content-type must look like a media type, not just any field value.
 _MEDIA_TYPE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*;[\x20-\x7e\t]*)?$")
 
 
-def forwarded_header_names(propagators: str | None = None) -> frozenset[str]:
-    """Record headers copied to the app, by ``OTEL_PROPAGATORS`` (default: tracecontext,baggage)."""
+def valid_field_name(name: str) -> bool:
+    """An RFC 9110 token in ASCII: what a header name may be."""
+    return _TOKEN.fullmatch(name) is not None
+
+
+def never_forwarded(name: str) -> bool:
+    """True for a (lower-case) name no record may set, whatever the allowlist says."""
+    return name in NEVER_FORWARDED or name.startswith(RESERVED_PREFIXES)
+
+
+def check_forward_headers(names: Iterable[str]) -> frozenset[str]:
+    """Validate ``--forward-headers``: lower-cased tokens, none of :data:`NEVER_FORWARDED` or our
+    prefixes. Raises ``ValueError`` naming every refused name."""
+    checked: set[str] = set()
+    problems: list[str] = []
+    for name in names:
+        lowered = name.strip().lower()
+        if not valid_field_name(lowered):
+            problems.append(f"{name[:64]!r} is not an HTTP header name (RFC 9110 token)")
+        elif never_forwarded(lowered):
+            problems.append(
+                f"{lowered!r} is never forwarded from a record (hop-by-hop, framing, credentials "
+                f"or a reserved prefix {', '.join(RESERVED_PREFIXES)})"
+            )
+        else:
+            checked.add(lowered)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return frozenset(checked)
+
+
+def forwarded_header_names(propagators: str | None = None, extra: Iterable[str] = ()) -> frozenset[str]:
+    """Record headers copied to the app, by ``OTEL_PROPAGATORS`` (default: tracecontext,baggage),
+    plus ``extra`` names (``--forward-headers``, see :func:`check_forward_headers`)."""
     value = propagators if propagators is not None else os.environ.get("OTEL_PROPAGATORS", "")
-    names = set(CONTEXT_HEADERS)
+    names = set(CONTEXT_HEADERS) | check_forward_headers(extra)
     chosen = {p.strip().lower() for p in value.split(",")}
     if "b3" in chosen:
         names.update(B3_SINGLE)
@@ -77,8 +131,10 @@ def build_headers(
     rejected: list[str] = []
     seen: set[str] = set()
     for name, value in record_headers:
+        if not name.isascii():
+            continue  # allowlisted names are ASCII tokens; lower() could fold a look-alike into one
         lowered = name.lower()
-        if lowered in seen:
+        if lowered in seen or never_forwarded(lowered):
             continue  # first occurrence wins, as for the propagators
         if lowered == "content-type":
             seen.add(lowered)

@@ -11,6 +11,7 @@ Errors::
 from __future__ import annotations
 
 import json
+import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -63,12 +64,22 @@ def check_server(server: str) -> str:
 
 
 class RouteServiceClient:
-    """Talks to one route service; ``token`` is needed for writes."""
+    """Talks to one route service. ``token`` is sent with every request: writes always need it,
+    reads unless the service runs with ``--public-reads``. ``ssl_context`` verifies an
+    ``https://`` server (None: the system's CAs)."""
 
-    def __init__(self, server: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        server: str,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.server = check_server(server)
         self.timeout = timeout
         self._token = token
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -76,7 +87,9 @@ class RouteServiceClient:
 
     async def start(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(headers={"user-agent": "ktp"})
+            self._session = aiohttp.ClientSession(
+                headers={"user-agent": "ktp"}, connector=aiohttp.TCPConnector(ssl=self._ssl)
+            )
 
     async def stop(self) -> None:
         if self._session is not None:
@@ -158,7 +171,7 @@ class RouteServiceClient:
             await self.start()
         assert self._session is not None
         headers = {"accept": "application/json"}
-        if write and self._token:
+        if self._token:
             headers["authorization"] = f"Bearer {self._token}"
         data = None
         if json_body is not None:
@@ -192,5 +205,5 @@ class RouteServiceClient:
         if not isinstance(message, str):
             message = text[:200] or f"HTTP {status}"
         if status == 401:
-            message += " (pass --token-file with the route service's token)" if write else ""
+            message += " (pass the route service's token: --token-file, or --routes-token-file for a sidecar)"
         raise RouteServiceError(f"{self.server} answered {status}: {message}", status)

@@ -7,6 +7,13 @@ the store. :meth:`RouteService.serve` does both and handles SIGTERM/SIGINT.
 
 Extra endpoints for probes: ``GET /healthz`` (the process is up), ``GET /readyz`` (200 once the
 store has read the routes topic and can write, else 503).
+
+Access: writes need the write token (``--token-file``); reads need the write token or the read
+token (``--read-token-file``, for sidecars using ``--routes http(s)://``) unless
+``--public-reads``. Probes need nothing. Tokens are compared in constant time and never logged: a
+refused request is logged with its method, path and peer and why (no token, wrong token). Limits:
+``--max-body-bytes``, ``--max-tenants``, and the name rules of :mod:`proxy.routing.records`.
+``--tls-certfile``/``--tls-keyfile`` serve HTTPS.
 """
 
 from __future__ import annotations
@@ -17,15 +24,16 @@ import json
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from proxy.config import Option, parse_host_port, parse_positive_float, parse_positive_int
+from proxy.config import Option, parse_bool, parse_host_port, parse_positive_float, parse_positive_int
 from proxy.errors import BrokerError, ConfigError, RouteSourceError
-from proxy.kafka import KAFKA_OPTIONS, KafkaConnection
+from proxy.kafka import KAFKA_OPTIONS, KafkaConnection, server_ssl_context
 from proxy.routeservice.api import (
     DEFAULT_MAX_BODY_BYTES,
     RequestError,
@@ -47,13 +55,32 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "0.0.0.0:8080"
 DEFAULT_DRAIN_TIMEOUT = 5.0
+# Every sidecar holds the whole route table; the bound keeps it (and each watch answer) small.
+DEFAULT_MAX_TENANTS = 10_000
+# Refused requests logged per second at most: a scan must not drown the log.
+REFUSALS_LOGGED_PER_SECOND = 5
 
 ROUTE_SERVICE_OPTIONS = (
     *KAFKA_OPTIONS,
     Option("listen", "HOST:PORT of the HTTP API", DEFAULT_LISTEN, parse=parse_host_port),
     Option("routes-topic", "compacted topic storing the routes (created if missing)", DEFAULT_ROUTES_TOPIC),
     Option("token-file", "file holding the bearer token required for writes (re-read when it changes)", required=True),
+    Option(
+        "read-token-file",
+        "file holding a bearer token that allows reads only (for sidecars using --routes http://); "
+        "the write token allows reads too",
+    ),
+    Option(
+        "public-reads",
+        "serve GET /v1/tenants and /v1/routes without a token (tenant names become visible to "
+        "anyone who can reach the service)",
+        False,
+        parse=parse_bool,
+    ),
     Option("max-body-bytes", "largest request body accepted", DEFAULT_MAX_BODY_BYTES, parse=parse_positive_int),
+    Option("max-tenants", "most tenants stored; a PUT of a new tenant beyond it is refused (409)", DEFAULT_MAX_TENANTS, parse=parse_positive_int),
+    Option("tls-certfile", "serve HTTPS with this certificate (PEM, chain included)"),
+    Option("tls-keyfile", "private key of --tls-certfile"),
     Option(
         "routes-topic-replication-factor",
         "replication factor when creating the routes topic (default: min(3, brokers))",
@@ -78,12 +105,27 @@ class RouteServiceConfig:
     listen: tuple[str, int] = parse_host_port(DEFAULT_LISTEN)
     routes_topic: str = DEFAULT_ROUTES_TOPIC
     token_file: str
+    read_token_file: str | None = None
+    public_reads: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_tenants: int = DEFAULT_MAX_TENANTS
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
     routes_topic_replication_factor: int | None = None
     log_level: str = "INFO"
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     groups_topic: str = DEFAULT_GROUPS_TOPIC
     group_reap_interval: float = DEFAULT_REAP_INTERVAL
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise ConfigError("--tls-certfile and --tls-keyfile go together: give both or neither")
+        if self.public_reads and self.read_token_file:
+            raise ConfigError("--read-token-file has no use with --public-reads: give one or the other")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_certfile else "http"
 
     @classmethod
     def from_options(cls, values: dict[str, Any]) -> RouteServiceConfig:
@@ -93,7 +135,12 @@ class RouteServiceConfig:
             listen=values["listen"],
             routes_topic=values["routes_topic"],
             token_file=values["token_file"],
+            read_token_file=values["read_token_file"],
+            public_reads=values["public_reads"],
             max_body_bytes=values["max_body_bytes"],
+            max_tenants=values["max_tenants"],
+            tls_certfile=values["tls_certfile"],
+            tls_keyfile=values["tls_keyfile"],
             routes_topic_replication_factor=values["routes_topic_replication_factor"],
             log_level=values["log_level"],
             groups_topic=check_topic_name(values["groups_topic"]),
@@ -105,8 +152,9 @@ class TokenFile:
     """The write token, read from a file and re-read when the file changes (a rotated
     Kubernetes Secret is swapped in place, so rotation needs no restart)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], flag: str = "--token-file") -> None:
         self.path = Path(path)
+        self.flag = flag
         self._stat: tuple[int, int, int] | None = None
         self._token = ""
         self.token()  # fail at start, not at the first write
@@ -123,10 +171,12 @@ class TokenFile:
             if key != self._stat:
                 token = self.path.read_text(encoding="utf-8").strip()
                 if not token:
-                    raise ConfigError(f"--token-file {str(self.path)!r} is empty")
+                    raise ConfigError(f"{self.flag} {str(self.path)!r} is empty")
                 self._token, self._stat = token, key
         except (OSError, UnicodeDecodeError, ConfigError) as exc:
-            problem = exc if isinstance(exc, ConfigError) else f"cannot read --token-file {str(self.path)!r}: {exc}"
+            # UnicodeDecodeError's str() quotes the bytes it choked on: name the problem only.
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+            problem = exc if isinstance(exc, ConfigError) else f"cannot read {self.flag} {str(self.path)!r}: {reason}"
             if not self._token:
                 raise ConfigError(str(problem)) from exc
             log.error("%s; keeping the previous token", problem)
@@ -191,6 +241,9 @@ class RouteService:
     def __init__(self, config: RouteServiceConfig, *, store: RouteStore | None = None) -> None:
         self.config = config
         self.tokens = TokenFile(config.token_file)
+        self.read_tokens = TokenFile(config.read_token_file, "--read-token-file") if config.read_token_file else None
+        self._tls = server_ssl_context(config.tls_certfile, config.tls_keyfile) if config.tls_certfile and config.tls_keyfile else None
+        self._refusals = _RefusalLog()
         self.store = store or RouteStore(
             config.kafka,
             config.routes_topic,
@@ -228,7 +281,8 @@ class RouteService:
     def url(self) -> str:
         """Base URL clients use (the loopback address when listening on every interface)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        scheme = self.config.scheme
+        return f"{scheme}://[{host}]:{self.port}" if ":" in host else f"{scheme}://{host}:{self.port}"
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -238,12 +292,15 @@ class RouteService:
             self.app, access_log=None, handle_signals=False, shutdown_timeout=self.config.drain_timeout
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, ssl_context=self._tls)
         await site.start()
         if self.port == 0:
             # Bound to an ephemeral port (tests): report the real one.
             self.port = int(self._runner.addresses[0][1])
-        log.info("route service listening on %s:%d", self.host, self.port)
+        log.info(
+            "route service listening on %s://%s:%d (reads %s)", self.config.scheme, self.host, self.port,
+            "public" if self.config.public_reads else "need a token",
+        )
         await self.store.start()
         await self.reaper.start()
 
@@ -291,12 +348,24 @@ class RouteService:
         if not self.store.ready:
             raise RequestError("route service is starting: not yet synced with the routes topic", 503)
 
-    def _authorize(self, request: web.Request) -> None:
-        if not token_matches(bearer_token(request.headers.get("authorization")), self.tokens.token()):
-            raise web.HTTPUnauthorized(
-                text="writes need 'authorization: Bearer <token>' with the route service's token",
-                headers={"www-authenticate": 'Bearer realm="ktp-route-service"'},
-            )
+    def _authorize(self, request: web.Request, *, write: bool = True) -> None:
+        """Let the request through, or answer 401. Reads accept the write or the read token (or
+        nothing with ``--public-reads``); writes only the write token. Both comparisons run
+        for a read, so timing does not tell which token a guess was close to."""
+        if not write and self.config.public_reads:
+            return
+        given = bearer_token(request.headers.get("authorization"))
+        allowed = token_matches(given, self.tokens.token())
+        if not write and self.read_tokens is not None:
+            allowed = token_matches(given, self.read_tokens.token()) or allowed
+        if allowed:
+            return
+        self._refusals.log(request, "no bearer token" if given is None else "wrong token", write=write)
+        what = "writes need" if write else "reads need"
+        raise web.HTTPUnauthorized(
+            text=f"{what} 'authorization: Bearer <token>' with the route service's token",
+            headers={"www-authenticate": 'Bearer realm="ktp-route-service"'},
+        )
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -306,12 +375,14 @@ class RouteService:
         ready = self.store.ready and not self._stopping.is_set()
         return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
 
-    async def _list_tenants(self, _: web.Request) -> web.Response:
+    async def _list_tenants(self, request: web.Request) -> web.Response:
+        self._authorize(request, write=False)
         self._require_ready()
         records = await self.store.list_tenants()
         return json_response({"tenants": [r.to_api() for r in records], "version": self.store.version})
 
     async def _get_tenant(self, request: web.Request) -> web.Response:
+        self._authorize(request, write=False)
         tenant = parse_tenant(request.match_info["tenant"])
         self._require_ready()
         record = await self.store.get(tenant)
@@ -325,6 +396,13 @@ class RouteService:
         check_content_type(request.headers.get("content-type", ""))
         routes = parse_put_body(await request.read())
         self._require_ready()
+        if await self.store.get(tenant) is None and len(self.store) >= self.config.max_tenants:
+            # A soft bound: replicas writing new tenants at the same instant may pass it by a few.
+            raise RequestError(
+                f"tenant limit reached: {self.config.max_tenants} tenants exist (--max-tenants); "
+                "delete unused tenants first",
+                409,
+            )
         record = await self.store.put(tenant, routes)
         self.reaper.poke()  # a changed route may leave a sandbox group unreferenced
         return json_response(record.to_api())
@@ -339,6 +417,7 @@ class RouteService:
         return web.Response(status=204)
 
     async def _watch_routes(self, request: web.Request) -> web.Response:
+        self._authorize(request, write=False)
         query = request.query
         since = parse_since(query.get("since"))
         wait = parse_wait(query.get("wait"))
@@ -352,4 +431,31 @@ class RouteService:
                 "synced_at": format_rfc3339(changes.synced_at_ms),
                 "snapshot": changes.snapshot,
             }
+        )
+
+
+class _RefusalLog:
+    """Logs refused requests (method, path, peer, why; never the token), at most
+    ``REFUSALS_LOGGED_PER_SECOND`` a second, then one line saying how many were not logged."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._logged = 0
+        self._suppressed = 0
+
+    def log(self, request: web.Request, why: str, *, write: bool) -> None:
+        now = int(time.monotonic())
+        if now != self._second:
+            if self._suppressed:
+                log.warning("%d more refused requests were not logged", self._suppressed)
+            self._second, self._logged, self._suppressed = now, 0, 0
+        if self._logged >= REFUSALS_LOGGED_PER_SECOND:
+            self._suppressed += 1
+            return
+        self._logged += 1
+        # repr() of the path: a percent-decoded CR/LF cannot forge a log line.
+        log.warning(
+            "refused %s %r from %s: %s (%s need the %s token)",
+            request.method, request.path[:200], request.remote, why,
+            "writes" if write else "reads", "write" if write else "read or write",
         )

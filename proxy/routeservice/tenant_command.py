@@ -19,7 +19,12 @@ from proxy.routing.records import RouteRecord, check_routes, check_tenant_value,
 
 CLIENT_OPTIONS = (
     Option("server", "route service URL", DEFAULT_SERVER),
-    Option("token-file", "file holding the route service's bearer token (needed for put and delete)"),
+    Option(
+        "token-file",
+        "file holding the route service's bearer token (needed for put and delete, and for get "
+        "and list unless the service runs with --public-reads)",
+    ),
+    Option("cafile", "CA bundle that verifies an https:// route service (default: the system's CAs)"),
     Option("output", "output format", "text", choices=("text", "json")),
 )
 
@@ -93,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
     routes = parse_route_args(args.routes) if command == "put" else {}
     if command in ("put", "delete") and not token:
         raise ConfigError(f"ktp tenant {command} needs --token-file (or KTP_TOKEN_FILE)")
-    client = RouteServiceClient(values["server"], token=token)
+    from proxy.kafka import client_ssl_context
+
+    context = client_ssl_context(values["cafile"], "--cafile") if values["cafile"] else None
+    client = RouteServiceClient(values["server"], token=token, ssl_context=context)
     as_json = values["output"] == "json"
 
     async def main() -> int:

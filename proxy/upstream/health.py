@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -32,8 +33,11 @@ class AppHealth:
         health_url: str | None = None,
         interval: float = DEFAULT_INTERVAL,
         on_change: Callable[[bool], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(app_url)
+        # An https:// health URL is verified like the deliveries (None: the system's CAs).
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.health_url = health_url
@@ -64,7 +68,10 @@ class AppHealth:
 
     async def start(self) -> None:
         if self.health_url:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT),
+                connector=aiohttp.TCPConnector(ssl=self._ssl),
+            )
         self._task = asyncio.create_task(self._run(), name="ktp-app-health")
 
     async def stop(self) -> None:

@@ -7,6 +7,7 @@ aiohttp was chosen by measurement on this class of machine (DESIGN.md): localhos
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Mapping
@@ -49,8 +50,11 @@ class HttpUpstream:
         timeout: float = DEFAULT_TIMEOUT,
         max_connections: int = 64,
         token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
+        # https:// app URLs: verified against this context (None: the system's CAs).
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self.timeout = timeout
         self.max_connections = max_connections
         self._auth = f"Bearer {token}" if token else None
@@ -61,7 +65,11 @@ class HttpUpstream:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            limit=self.max_connections, keepalive_timeout=30, use_dns_cache=True, force_close=False
+            limit=self.max_connections,
+            keepalive_timeout=30,
+            use_dns_cache=True,
+            force_close=False,
+            ssl=self._ssl,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,

@@ -15,7 +15,7 @@ async def test_restart_loses_no_route(route_service: ServiceFactory) -> None:
         written["tenant-3"] = await client.put("tenant-3", {"orders-worker": "pr-33", "billing": "pr-33"})
         await client.delete("tenant-7")
         del written["tenant-7"]
-    async with route_service() as restarted, RouteServiceClient(restarted.url) as client:
+    async with route_service() as restarted, RouteServiceClient(restarted.url, token=TOKEN) as client:
         assert {r.tenant: r for r in await client.list_tenants()} == written
         assert (await client.get("tenant-3")).routes == {"orders-worker": "pr-33", "billing": "pr-33"}
 

@@ -79,10 +79,10 @@ async def test_kafka_source_reads_history_and_follows(
 
 
 async def test_http_source_watches_the_route_service(
-    service: RouteService, client: RouteServiceClient
+    service: RouteService, client: RouteServiceClient, token_file: str
 ) -> None:
     await client.put("t-old", {"orders-worker": "pr-1"})
-    source = create_route_source(service.url, on_error=print)
+    source = create_route_source(service.url, on_error=print, token_file=token_file)
     assert isinstance(source, HttpRouteSource) and isinstance(source, CatchUpRouteSource)
     async with source:
         assert source.table.synced and source.table.latest("t-old") is not None
@@ -174,7 +174,7 @@ async def test_catch_up_sees_a_write_from_another_replica(
     """The sidecar's catch_up() covers writes through any replica, answered before the call."""
     async with route_service() as one, route_service() as two:
         source = kafka_source(bootstrap_servers, routes_topic, sync_interval=3600)
-        http_source = HttpRouteSource(two.url, watch_wait=3600)
+        http_source = HttpRouteSource(two.url, watch_wait=3600, token=TOKEN)
         async with source, http_source, RouteServiceClient(one.url, token=TOKEN) as client:
             for i in range(5):
                 await client.put(f"burst-{i}", {"orders-worker": "pr-5"})

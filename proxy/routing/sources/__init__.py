@@ -15,6 +15,7 @@ known complete), for a sidecar that meets an unknown tenant on a record newer th
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from proxy.routing.table import RouteTable
@@ -57,8 +58,11 @@ def create_route_source(
     *,
     on_error: Callable[[str], None] | None = None,
     connection: KafkaConnection | None = None,
+    token_file: str | None = None,
+    cafile: str | None = None,
 ) -> RouteSource:
-    """Build the route source named by ``--routes``; ``kafka:`` needs the sidecar's ``connection``."""
+    """Build the route source named by ``--routes``; ``kafka:`` needs the sidecar's ``connection``,
+    ``http(s)://`` may take a read token (``--routes-token-file``) and a CA (``--routes-cafile``)."""
     from proxy.errors import ConfigError
 
     if spec.startswith("file:"):
@@ -82,7 +86,16 @@ def create_route_source(
     if spec.startswith(("http://", "https://")):
         from proxy.routing.sources.http import HttpRouteSource
 
-        return HttpRouteSource(spec, on_error=on_error)
+        from proxy.kafka import client_ssl_context
+
+        token = None
+        if token_file is not None:
+            try:
+                token = Path(token_file).read_text(encoding="utf-8").strip() or None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"cannot read --routes-token-file {token_file!r}: {exc}") from exc
+        context = client_ssl_context(cafile, "--routes-cafile") if cafile else None
+        return HttpRouteSource(spec, on_error=on_error, token=token, ssl_context=context)
     raise ConfigError(
         f"--routes {spec!r}: unknown route source (use kafka:, kafka:<topic>, http://host:port or file:<path>)"
     )

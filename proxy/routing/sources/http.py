@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 
 from proxy.errors import RouteSourceError
@@ -43,9 +44,13 @@ class HttpRouteSource:
         on_error: Callable[[str], None] | None = None,
         watch_wait: float = DEFAULT_WATCH_WAIT,
         catch_up_timeout: float = DEFAULT_CATCH_UP_TIMEOUT,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.table = table if table is not None else RouteTable()
-        self.client = RouteServiceClient(server, timeout=catch_up_timeout)
+        self.client = RouteServiceClient(
+            server, timeout=catch_up_timeout, token=token, ssl_context=ssl_context
+        )
         self.watch_wait = watch_wait
         #: Every record up to this version is in the table (-1: none yet).
         self.cursor = -1
