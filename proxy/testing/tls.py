@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import os
 import socket
 import ssl
 import threading
@@ -174,9 +175,9 @@ class TlsTerminator:
         self,
         *,
         backend: tuple[str, int],
-        certfile: str | Path,
-        keyfile: str | Path,
-        client_cafile: str | Path | None = None,
+        certfile: str | os.PathLike[str],
+        keyfile: str | os.PathLike[str],
+        client_cafile: str | os.PathLike[str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
