@@ -18,14 +18,16 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Awaitable, Hashable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.headers import build_headers
+from proxy.delivery.interop import DeliveryInterop
 from proxy.delivery.policy import Outcome, RetryPolicy, Verdict, classify, parse_retry_after
 from proxy.errors import AppUnavailable
 from proxy.listener.kafka import KafkaListener
@@ -36,7 +38,7 @@ from proxy.upstream.http import AppConnectError, AppTimeout, HttpUpstream
 
 log = logging.getLogger(__name__)
 
-Record = ConsumerRecord[bytes, bytes]
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 # Fetched-but-not-done records per partition above which the partition is paused.
 BACKPRESSURE_HIGH = 2048
 BACKPRESSURE_LOW = 512
@@ -48,8 +50,38 @@ class PartitionState:
 
     tp: TopicPartition
     offsets: PartitionOffsets = field(default_factory=PartitionOffsets)
-    revoked: bool = False
     lanes: set[Hashable] = field(default_factory=set)
+    # Lanes of this partition waiting to retry; the partition is paused while any is.
+    retrying: int = 0
+    _revoked: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+
+    @property
+    def revoked(self) -> bool:
+        return self._revoked.is_set()
+
+    def revoke(self) -> None:
+        """Stop this partition's lanes: waits (backoff, app health) end at once."""
+        self._revoked.set()
+
+    async def sleep_unless_revoked(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the partition is revoked meanwhile: a rebalance never
+        waits for a backoff (a ``Retry-After`` may be a minute)."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._revoked.wait()
+        except TimeoutError:
+            pass
+
+    async def wait_unless_revoked(self, waiter: Awaitable[object]) -> bool:
+        """Await ``waiter`` unless the partition is revoked first; True if it completed."""
+        waiting = asyncio.ensure_future(waiter)
+        revoked = asyncio.ensure_future(self._revoked.wait())
+        try:
+            await asyncio.wait((waiting, revoked), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            revoked.cancel()
+        return not self.revoked
 
 
 @dataclass(eq=False, slots=True)
@@ -76,6 +108,7 @@ class Dispatcher:
         ordering: str = "partition",
         max_in_flight: int = 16,
         max_record_bytes: int = 1024 * 1024,
+        interop: DeliveryInterop | None = None,
     ) -> None:
         self.upstream = upstream
         self.health = health
@@ -86,6 +119,7 @@ class Dispatcher:
         self.forwarded_headers = forwarded_headers
         self.ordering = ordering
         self.max_record_bytes = max_record_bytes
+        self.interop = interop
         self._slots = asyncio.Semaphore(max_in_flight)
         self._lanes: dict[Hashable, _Lane] = {}
         self._idle = asyncio.Event()
@@ -139,7 +173,7 @@ class Dispatcher:
         ``timeout``, then cancel. Queued records are abandoned (the next owner fetches them)."""
         tasks = []
         for state in states:
-            state.revoked = True
+            state.revoke()
             for key in list(state.lanes):
                 lane = self._lanes.get(key)
                 if lane is not None and lane.task is not None:
@@ -195,6 +229,8 @@ class Dispatcher:
         if value is None:
             # A tombstone: forwarded with an empty body, marked so the app can tell it from b"".
             headers["kafka-tombstone"] = "true"
+        # ce-* headers, trace context in OTEL_PROPAGATORS' formats, ktp-delivery (interop.py).
+        scope = self.interop.begin(record, headers, rejected) if self.interop is not None else None
         for name in rejected:
             self.metrics.bad_input.labels(topic, f"header_{name}").inc()
             log.warning(
@@ -207,8 +243,7 @@ class Dispatcher:
         paused_for_retry = False
         try:
             while not state.revoked:
-                await self.health.wait_healthy()
-                if state.revoked:
+                if not self.health.healthy and not await state.wait_unless_revoked(self.health.wait_healthy()):
                     return False
                 try:
                     answer = await self.upstream.post(body, headers)
@@ -238,14 +273,22 @@ class Dispatcher:
                 if verdict.outcome is Outcome.DEAD_LETTER or self.policy.exhausted(attempts):
                     return await self._finish_undelivered(state, record, verdict.reason, attempts, status)
                 if not paused_for_retry:
-                    # Fetching more of a partition that is stuck retrying only fills memory.
-                    self.listener.pause((state.tp,), "retrying")
+                    # Fetching more of a partition that is stuck retrying only fills memory. The
+                    # partition is paused, not the poll loop: heartbeats and rebalances go on.
+                    # Lanes are counted, since in key and none modes several retry at once.
                     paused_for_retry = True
-                await asyncio.sleep(self.policy.delay(attempts, retry_after))
+                    state.retrying += 1
+                    if state.retrying == 1:
+                        self.listener.pause((state.tp,), "retrying")
+                await state.sleep_unless_revoked(self.policy.delay(attempts, retry_after))
             return False
         finally:
+            if scope is not None:
+                scope.end(attempts, status)
             if paused_for_retry:
-                self.listener.resume((state.tp,), "retrying")
+                state.retrying -= 1
+                if state.retrying == 0:
+                    self.listener.resume((state.tp,), "retrying")
 
     async def _finish_undelivered(
         self, state: PartitionState, record: Record, reason: str, attempts: int, status: int | None

@@ -103,6 +103,6 @@ class RetryPolicy:
         """Seconds to wait after ``attempts`` failed attempts."""
         if retry_after is not None:
             return retry_after
-        ceiling = min(self.maximum, self.initial * (2 ** max(attempts - 1, 0)))
+        ceiling = min(self.maximum, self.initial * 2.0 ** max(attempts - 1, 0))
         # Half fixed, half jitter: never zero (a hot loop against a failing app), still spread.
         return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)

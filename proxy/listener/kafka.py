@@ -3,16 +3,22 @@ and partition pauses that several parts may ask for at once.
 
 A partition is paused while any reason holds (``app_unhealthy``, ``backpressure``,
 ``retrying``); pausing rather than not polling keeps heartbeats and rebalances going.
+
+Commits are refused once this member has lost its membership (the broker expired it, e.g.
+after a network cut): its partitions are *lost*, not revoked (KIP-429), and their new owner may
+have moved past what this member did. Committing then could move the group's offsets back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord
 
 from proxy.kafka import KafkaConnection
@@ -20,6 +26,9 @@ from proxy.kafka import KafkaConnection
 log = logging.getLogger(__name__)
 
 PartitionsCallback = Callable[[frozenset[TopicPartition]], Awaitable[None]]
+# A commit waits this long for the group coordinator, then fails (and is retried by the next
+# round): one that sat out a broker outage could go out for a generation that ended meanwhile.
+DEFAULT_COMMIT_TIMEOUT = 10.0
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 
@@ -49,16 +58,23 @@ class KafkaListener:
         client_id: str = "ktp-sidecar",
         group_instance_id: str | None = None,
         consumer_options: dict[str, Any] | None = None,
+        commit_timeout: float = DEFAULT_COMMIT_TIMEOUT,
     ) -> None:
         self.connection = connection
+        self.commit_timeout = commit_timeout
         self.group = group
         self.topics = topics
         self.joined = False
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
         self._pauses: dict[TopicPartition, set[str]] = defaultdict(set)
+        self.group_instance_id = group_instance_id
         self._consumer_kwargs: dict[str, Any] = dict(
             group_id=group,
+            # Static membership (KIP-345): a member that comes back under the same instance id
+            # within the session timeout gets its partitions back without a rebalance, and a
+            # stopping member does not leave the group (aiokafka sends no LeaveGroup then).
+            group_instance_id=group_instance_id,
             client_id=client_id,
             enable_auto_commit=False,
             auto_offset_reset=auto_offset_reset,
@@ -67,7 +83,10 @@ class KafkaListener:
         self._consumer: AIOKafkaConsumer | None = None
 
     def __repr__(self) -> str:
-        return f"KafkaListener(group={self.group!r}, topics={self.topics!r}, joined={self.joined})"
+        return (
+            f"KafkaListener(group={self.group!r}, group_instance_id={self.group_instance_id!r}, "
+            f"topics={self.topics!r}, joined={self.joined})"
+        )
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
@@ -99,8 +118,34 @@ class KafkaListener:
         result: Batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         return result
 
+    @property
+    def membership_lost(self) -> bool:
+        """True once the broker no longer knows this member (aiokafka then resets the member id
+        and generation, and rejoins). Before the first join there is nothing to commit anyway."""
+        # aiokafka has no public view of this; its coordinator keeps it as plain attributes.
+        coordinator = self.consumer._coordinator
+        return coordinator is None or coordinator.generation < 0 or not coordinator.member_id
+
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        await self.consumer.commit(offsets)
+        """Commit ``offsets`` for the current generation. Raises ``CommitFailedError`` if the
+        membership was lost, ``KafkaTimeoutError`` if the coordinator stays unreachable for
+        ``commit_timeout`` seconds (both are retried by the caller's next round, if any)."""
+        consumer = self.consumer
+        try:
+            async with asyncio.timeout(self.commit_timeout):
+                await consumer._coordinator.ensure_coordinator_known()
+                # No await between this check and aiokafka building the request with the
+                # member's generation: the check holds for the commit sent.
+                if self.membership_lost:
+                    raise CommitFailedError(
+                        "membership lost (the broker expired this member); the partitions' new "
+                        "owner commits them"
+                    )
+                await consumer.commit(offsets)
+        except TimeoutError as exc:
+            raise KafkaTimeoutError(
+                f"group coordinator not reachable within {self.commit_timeout}s"
+            ) from exc
 
     async def committed(self, tp: TopicPartition) -> int | None:
         result: int | None = await self.consumer.committed(tp)

@@ -12,7 +12,7 @@ from __future__ import annotations
 class PartitionOffsets:
     """Outstanding records of one partition and the position that may be committed."""
 
-    __slots__ = ("_outstanding", "position", "committed")
+    __slots__ = ("_outstanding", "committed", "position")
 
     def __init__(self, committed: int | None = None) -> None:
         # offset -> done? Insertion order is offset order: records are tracked as fetched.
@@ -39,6 +39,11 @@ class PartitionOffsets:
 
     def begin(self, offset: int) -> None:
         """Track a fetched record that is not done yet (it is being delivered)."""
+        if self.position is None:
+            # The first record fetched since the assignment sits at the consumer's position
+            # (the committed offset, or where a reset or seek put it): everything below it is
+            # done. Knowing this now gives a lag even when that very first record is stuck.
+            self.position = offset
         self._outstanding[offset] = False
 
     def done_now(self, offset: int) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,11 @@ from proxy.delivery.headers import check_forward_headers
 from proxy.delivery.policy import DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS
 from proxy.errors import ConfigError
 from proxy.kafka import KAFKA_OPTIONS, KafkaConnection
+from proxy.listener.progress import DEFAULT_STALL_TIMEOUT
+from proxy.delivery.interop import FORMATS
+from proxy.publish.contexts import DEFAULT_GRACE as DEFAULT_DELIVERY_CONTEXT_GRACE
+from proxy.publish.request import DEFAULT_PUBLISH_MAX_BYTES, DEFAULT_PUBLISH_TIMEOUT, check_publish_headers
+from proxy.routing.table import check_tenant
 from proxy.routing.table import check_name
 from proxy.routing.tenant import DEFAULT_TENANT_KEY
 
@@ -36,6 +44,8 @@ DEFAULT_SESSION_TIMEOUT = 10.0
 BASELINE_DEAD_LETTER = "{topic}.dlq"
 SANDBOX_DEAD_LETTER = "{topic}.{sandbox}.dlq"
 ORDERINGS = ("partition", "key", "none")
+# Kafka's rule for group.instance.id (the same as for topic names); a pod name always passes.
+INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 SIDECAR_OPTIONS = (
     *KAFKA_OPTIONS,
@@ -92,6 +102,51 @@ SIDECAR_OPTIONS = (
         parse=parse_positive_float,
     ),
     Option("commit-interval", "seconds between offset commits", DEFAULT_COMMIT_INTERVAL, parse=parse_positive_float),
+    Option(
+        "instance-id",
+        "static group membership (group.instance.id), unique in the group: a restart within the "
+        "session timeout keeps the partitions without a rebalance (default: $POD_NAME when set; "
+        "'none' for dynamic membership)",
+    ),
+    Option(
+        "stall-timeout",
+        "seconds a partition may make no progress while records wait before it is reported "
+        "stalled (/readyz detail, ktp_partition_stalled)",
+        DEFAULT_STALL_TIMEOUT,
+        parse=parse_positive_float,
+    ),
+    Option(
+        "format",
+        "how deliveries are sent: raw (the record as it is) or cloudevents (CloudEvents HTTP binary "
+        "mode by Knative KafkaSource's mapping; records that are CloudEvents pass through)",
+        "raw",
+        choices=FORMATS,
+    ),
+    Option(
+        "publish-headers",
+        "request headers the publish endpoint copies into records besides content-type, "
+        "kafka-key and trace context, comma-separated",
+        (),
+        parse=lambda raw: tuple(sorted(check_publish_headers(parse_csv(raw)))),
+    ),
+    Option("publish-max-bytes", "largest body the publish endpoint takes", DEFAULT_PUBLISH_MAX_BYTES, parse=parse_positive_int),
+    Option(
+        "publish-timeout",
+        "seconds the publish endpoint waits for Kafka's acknowledgement before answering 503",
+        DEFAULT_PUBLISH_TIMEOUT,
+        parse=parse_positive_float,
+    ),
+    Option(
+        "default-tenant",
+        "sandbox pods only: tenant stamped into the baggage of published records that carry none "
+        "(batch jobs, crons)",
+    ),
+    Option(
+        "delivery-context-grace",
+        "seconds a delivery's context stays usable through ktp-delivery after the delivery is done",
+        DEFAULT_DELIVERY_CONTEXT_GRACE,
+        parse=parse_positive_float,
+    ),
     Option("log-level", "log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
 
@@ -130,6 +185,14 @@ class SidecarConfig:
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
+    instance_id: str | None = None
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    format: str = "raw"
+    publish_headers: tuple[str, ...] = ()
+    publish_max_bytes: int = DEFAULT_PUBLISH_MAX_BYTES
+    publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
+    default_tenant: str | None = None
+    delivery_context_grace: float = DEFAULT_DELIVERY_CONTEXT_GRACE
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -158,12 +221,25 @@ class SidecarConfig:
                 raise ConfigError(
                     f"--dead-letter-topic {template!r}: only {{topic}} and {{sandbox}} may be used"
                 ) from exc
+        if self.instance_id is not None and not INSTANCE_ID.fullmatch(self.instance_id):
+            raise ConfigError(
+                f"--instance-id {self.instance_id!r}: use 1-249 of A-Z a-z 0-9 . _ - (a pod name fits)"
+            )
         if self.app_token_file is not None and not Path(self.app_token_file).is_file():
             raise ConfigError(f"--app-token-file {self.app_token_file!r} is not a readable file")
         if self.app_cafile is not None and url.scheme != "https":
             # The operator believes deliveries are encrypted; they would not be.
             raise ConfigError(f"--app-cafile is set but --app-url {self.app_url!r} is not https://")
         check("--forward-headers", lambda: check_forward_headers(self.forward_headers))
+        if self.format not in FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
+        check("--publish-headers", lambda: check_publish_headers(self.publish_headers))
+        if self.default_tenant is not None:
+            if self.sandbox is None:
+                # Baseline traffic has no tenant by definition; stamping one would send a
+                # baseline pod's records to a sandbox.
+                raise ConfigError("--default-tenant is for sandbox pods (set --sandbox)")
+            check("--default-tenant", lambda: check_tenant(self.default_tenant or ""))
 
     @property
     def consumer_group(self) -> str:
@@ -189,8 +265,12 @@ class SidecarConfig:
         return Path(self.app_token_file).read_text(encoding="utf-8").strip() or None
 
     @classmethod
-    def from_options(cls, values: dict[str, Any]) -> SidecarConfig:
+    def from_options(cls, values: dict[str, Any], environ: Mapping[str, str] | None = None) -> SidecarConfig:
         names = {f.name for f in fields(cls)} - {"kafka", "extra"}
+        values = {
+            **values,
+            "instance_id": static_instance_id(values.get("instance_id"), os.environ if environ is None else environ),
+        }
         return cls(kafka=KafkaConnection.from_options(values), **{k: v for k, v in values.items() if k in names})
 
     def redacted(self) -> dict[str, Any]:
@@ -212,6 +292,15 @@ def redact_url(url: str) -> str:
         return url
     netloc = parts.netloc.rsplit("@", 1)[1]
     return parts._replace(netloc=f"{parts.username}:<redacted>@{netloc}").geturl()
+
+
+def static_instance_id(given: str | None, environ: Mapping[str, str]) -> str | None:
+    """``--instance-id``; else the pod's name when the pod spec passes it as ``POD_NAME`` (the
+    downward API's ``metadata.name``), which stays the same across container restarts in the
+    pod; ``none`` turns static membership off even then."""
+    if given == "none":
+        return None
+    return given or environ.get("POD_NAME") or None
 
 
 def _checked(flag: str, check: Any) -> None:

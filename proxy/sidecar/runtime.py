@@ -12,11 +12,13 @@ import asyncio
 import collections
 import logging
 import signal
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
+from opentelemetry.trace import TracerProvider
 
 from proxy.admin.server import HttpServer, admin_routes, metrics_routes
 from proxy.delivery.dead_letter import DeadLetterWriter
@@ -25,6 +27,7 @@ from proxy.delivery.headers import forwarded_header_names
 from proxy.delivery.policy import RetryPolicy
 from proxy.kafka import KafkaConnection, client_ssl_context
 from proxy.listener.kafka import Batch, KafkaListener
+from proxy.listener.progress import StallDetector
 from proxy.metrics import Metrics
 from proxy.routing.filter import RouteFilter
 from proxy.errors import BrokerError, RouteSourceError
@@ -32,6 +35,7 @@ from proxy.routeservice.groups import SandboxGroup, register_sandbox_group
 from proxy.routing.sources import CatchUpRouteSource, RouteSource, create_route_source
 from proxy.routing.tenant import TenantExtractor
 from proxy.sidecar.config import SidecarConfig
+from proxy.sidecar.interop import build_interop
 from proxy.upstream.health import AppHealth
 from proxy.upstream.http import HttpUpstream
 
@@ -67,6 +71,7 @@ class Sidecar:
         *,
         route_source: RouteSource | None = None,
         metrics: Metrics | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
@@ -116,12 +121,15 @@ class Sidecar:
             on_revoked=self._revoked,
             auto_offset_reset=config.auto_offset_reset,
             client_id=f"ktp-{config.service}" + (f"-{config.sandbox}" if config.sandbox else ""),
+            group_instance_id=config.instance_id,
             consumer_options={
                 "session_timeout_ms": int(config.session_timeout * 1000),
                 # Kafka's rule of thumb: heartbeat at most a third of the session timeout.
                 "heartbeat_interval_ms": int(min(3.0, config.session_timeout / 3) * 1000),
             },
         )
+        # Publish endpoint, ktp-delivery contexts, CloudEvents, propagators, spans.
+        self.interop = build_interop(config, self.metrics, tracer_provider=tracer_provider)
         self.dispatcher = Dispatcher(
             upstream=self.upstream,
             health=self.health,
@@ -137,6 +145,7 @@ class Sidecar:
             ordering=config.ordering,
             max_in_flight=config.max_in_flight,
             max_record_bytes=config.max_record_bytes,
+            interop=self.interop.delivery,
         )
         self.admin = HttpServer(
             config.admin_addr,
@@ -144,12 +153,15 @@ class Sidecar:
                 readiness=self.readiness,
                 routes=self._routes_view,
                 decisions=self.decisions,
+                detail=self.readiness_detail,
                 config=self.config.redacted,
             ),
             name="admin",
         )
         self.metrics_server = HttpServer(config.metrics_addr, metrics_routes(self._render_metrics), name="metrics")
         self._partitions: dict[TopicPartition, PartitionState] = {}
+        self.stalls: StallDetector[TopicPartition] = StallDetector(config.stall_timeout)
+        self._gauged: set[TopicPartition] = set()
         self._decisions: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=DECISIONS_KEPT)
         self._stopping = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -166,7 +178,9 @@ class Sidecar:
 
     async def start(self) -> None:
         log.info("starting %r", self)
-        for part in (self.metrics_server, self.admin, self.route_source, self.health, self.upstream):
+        for part in (
+            self.metrics_server, self.admin, self.interop.publish, self.route_source, self.health, self.upstream
+        ):
             self._started.append(part)  # before start(): a half-started part is stopped too
             await part.start()
         await self._connect_kafka()
@@ -336,6 +350,9 @@ class Sidecar:
                 skipped[decision.reason] = skipped.get(decision.reason, 0) + 1
         for reason, count in skipped.items():
             m.records_skipped.labels(topic, reason).inc(count)
+        if self.interop.tracing.enabled:
+            # Once per batch, after the loop: tracing off adds nothing per record.
+            self.interop.tracing.decided(topic, state.tp.partition, records, from_headers, decide)
         self.dispatcher.check_backpressure(state)
 
     # -- partitions and commits ------------------------------------------------------------------
@@ -417,11 +434,26 @@ class Sidecar:
                 log.exception("commit round failed")
 
     def _update_gauges(self) -> None:
+        m = self.metrics
+        now = time.monotonic()
+        for tp in self._gauged - self._partitions.keys():
+            # Revoked: its new owner reports it; a frozen last value would mislead alerts.
+            labels = (tp.topic, str(tp.partition))
+            m.consumer_lag.remove(*labels)
+            m.partition_stalled.remove(*labels)
+            self.stalls.forget(tp)
+            self._gauged.discard(tp)
         for tp, state in self._partitions.items():
             highwater = self.listener.highwater(tp)
             position = state.offsets.position
-            if highwater is not None and position is not None:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
+            if highwater is None or position is None:
+                continue
+            lag = max(highwater - position, 0)
+            self.stalls.observe(tp, position, lag, now)
+            labels = (tp.topic, str(tp.partition))
+            m.consumer_lag.labels(*labels).set(lag)
+            m.partition_stalled.labels(*labels).set(1 if self.stalls.is_stalled(tp, now) else 0)
+            self._gauged.add(tp)
         self.metrics.route_tenants.set(len(self.table))
         self.metrics.route_table_version.set(self.table.version)
 
@@ -444,6 +476,24 @@ class Sidecar:
         }
         ready = checks["group_joined"] and checks["routes_synced"] and checks["app_healthy"] and not checks["stopping"]
         return bool(ready), checks
+
+    def readiness_detail(self) -> dict[str, Any]:
+        """Stalled partitions, for ``/readyz``. They do not fail readiness: Kafka does not route by
+        readiness, so an unready pod keeps its partitions anyway, and a stalled partition is most
+        often the app's or a record's problem, which a rollout (held back by unready pods) may
+        be fixing. It is reported here and by ``ktp_partition_stalled`` for alerting."""
+        self._update_gauges()
+        now = time.monotonic()
+        stalled = {
+            f"{tp.topic}[{tp.partition}]": {
+                "seconds": round(stall.seconds, 1),
+                "position": stall.position,
+                "lag": stall.lag,
+                "paused": sorted(self.listener.paused(tp)),
+            }
+            for tp, stall in sorted(self.stalls.stalled(now).items(), key=lambda item: item[0])
+        }
+        return {"stalled_partitions": stalled, "stall_timeout": self.config.stall_timeout}
 
     def _routes_view(self) -> dict[str, Any]:
         return {"source": self.route_source.describe(), **self.table.snapshot()}

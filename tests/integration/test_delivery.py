@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
 
 from proxy.sidecar.runtime import Sidecar
 from proxy.testing.app import Received, RecordingApp
@@ -206,3 +208,138 @@ async def test_metrics_endpoint_has_the_contract_names(bootstrap_servers: str, t
     assert f'ktp_records_skipped_total{{reason="routed_to_sandbox",topic="{topic}"}} 1.0' in text
     assert "ktp_route_tenants 1.0" in text
     assert routes["synced"] is True and routes["tenants"]["123"]["routes"] == {"orders-worker": "pr-42"}
+
+
+async def test_dapr_style_json_answers(bootstrap_servers: str, topic: str, tmp_path: Path) -> None:
+    """{"status": "RETRY"} is retried, "DROP" is done without a dead letter, "SUCCESS" is done;
+    all of them are committed, so a restart brings none of them back."""
+    calls: collections.Counter[bytes] = collections.Counter()
+
+    def dapr(seen: Received, _: int) -> tuple[int, dict[str, str], bytes]:
+        calls[seen.body] += 1
+        kind = seen.body.split(b"-")[0]
+        if kind == b"retry" and calls[seen.body] == 1:
+            status = "RETRY"
+        elif kind == b"drop":
+            status = "drop"  # case does not matter
+        else:
+            status = "SUCCESS"
+        return 200, {"content-type": "application/json; charset=utf-8"}, json.dumps({"status": status}).encode()
+
+    bodies = [f"{kind}-{i}".encode() for i in range(30) for kind in ("ok", "retry", "drop")]
+    await produce(bootstrap_servers, topic, [(b"k%d" % (i % 5), body, []) for i, body in enumerate(bodies)])
+    async with RecordingApp(answer=dapr) as app:
+        config = sidecar_config(bootstrap_servers, topic, app.url, routes_file(tmp_path))
+        async with Sidecar(config) as sidecar:
+
+            async def all_answered() -> bool:
+                return sum(calls.values()) >= len(bodies) + 30
+
+            await eventually(all_answered, what="every record answered")
+            await asyncio.sleep(0.5)
+            metrics = sidecar.metrics.render().decode()
+        async with Sidecar(config):
+            await asyncio.sleep(3.0)  # joined and fetched: anything uncommitted would come again
+    assert {body: calls[body] for body in bodies} == {b: 2 if b.startswith(b"retry") else 1 for b in bodies}
+    assert f'ktp_delivery_attempts_total{{outcome="app_retry",topic="{topic}"}} 30.0' in metrics
+    assert f'ktp_records_dropped_total{{reason="app_drop",topic="{topic}"}} 30.0' in metrics
+    assert f'ktp_records_delivered_total{{topic="{topic}"}} 60.0' in metrics
+    assert "ktp_dead_letters_total{" not in metrics
+
+
+async def read_all(bootstrap_servers: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` up to its end now ([] when the topic does not exist)."""
+    from tests.faults.harness import read_topic
+
+    return await read_topic(bootstrap_servers, topic)
+
+
+async def test_a_sandbox_never_writes_into_baselines_dead_letter_topic(
+    bootstrap_servers: str, topic: str, tmp_path: Path
+) -> None:
+    def reject(seen: Received, _: int) -> tuple[int, dict[str, str], bytes]:
+        return (404, {}, b"") if seen.body.startswith(b"poison") else (200, {}, b"")
+
+    await produce(bootstrap_servers, topic, [
+        (b"a", b"poison-base", baggage(None)), (b"b", b"poison-sandbox", baggage("123")),
+        (b"c", b"fine-base", baggage(None)), (b"d", b"fine-sandbox", baggage("123")),
+    ])
+    routes = routes_file(tmp_path)
+    async with RecordingApp("baseline", answer=reject) as base_app, RecordingApp("sandbox", answer=reject) as sandbox_app:
+        base = Sidecar(sidecar_config(bootstrap_servers, topic, base_app.url, routes))
+        sandbox = Sidecar(sidecar_config(bootstrap_servers, topic, sandbox_app.url, routes, sandbox="pr-42"))
+        async with base, sandbox:
+            await base_app.wait_for(1)
+            await sandbox_app.wait_for(1)
+
+            async def both_dead_lettered() -> bool:
+                return all(
+                    'ktp_dead_letters_total{reason="http_404"' in s.metrics.render().decode() for s in (base, sandbox)
+                )
+
+            await eventually(both_dead_lettered, what="both poison records dead-lettered")
+    baseline_dlq = await read_all(bootstrap_servers, f"{topic}.dlq")
+    sandbox_dlq = await read_all(bootstrap_servers, f"{topic}.pr-42.dlq")
+    assert [r.value for r in baseline_dlq] == [b"poison-base"]
+    assert [r.value for r in sandbox_dlq] == [b"poison-sandbox"]
+    got = dict(sandbox_dlq[0].headers)
+    assert got["baggage"] == b"tenant=123"  # routing headers kept: a replay is routed the same way
+    assert got["ktp-dead-letter-sandbox"] == b"pr-42" and got["ktp-dead-letter-service"] == b"orders-worker"
+    assert got["ktp-dead-letter-reason"] == b"http_404" and got["ktp-dead-letter-status"] == b"404"
+    assert got["ktp-dead-letter-attempts"] == b"1"
+    assert int(got["ktp-dead-letter-offset"]) == 1 and got["ktp-dead-letter-topic"] == topic.encode()
+
+
+async def test_dead_letters_off_drops_after_a_log_line_and_a_metric(
+    bootstrap_servers: str, topic: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def reject(seen: Received, _: int) -> tuple[int, dict[str, str], bytes]:
+        return (422, {}, b"") if seen.body == b"poison" else (200, {}, b"")
+
+    await produce(bootstrap_servers, topic, [(b"p", b"poison", []), (b"p", b"after", [])])
+    async with RecordingApp(answer=reject) as app:
+        config = sidecar_config(bootstrap_servers, topic, app.url, routes_file(tmp_path), dead_letter_topic="none")
+        async with Sidecar(config) as sidecar:
+            await app.wait_for(1)
+            await asyncio.sleep(0.5)
+            metrics = sidecar.metrics.render().decode()
+        calls = app.calls
+        async with Sidecar(config):
+            await asyncio.sleep(3.0)  # the dropped record was committed: it does not come back
+    assert app.calls == calls == 2 and [r.body for r in app.received] == [b"after"]
+    assert f'ktp_records_dropped_total{{reason="http_422",topic="{topic}"}} 1.0' in metrics
+    assert "ktp_dead_letters_total{" not in metrics
+    assert any(r.levelname == "ERROR" and "dead letters are off, dropped" in r.getMessage() for r in caplog.records)
+    assert await read_all(bootstrap_servers, f"{topic}.dlq") == []
+
+
+async def test_a_stalled_partition_is_reported_not_unready(bootstrap_servers: str, topic: str, tmp_path: Path) -> None:
+    def stuck(seen: Received, call: int) -> tuple[int, dict[str, str], bytes]:
+        # The first call asks for a 4 s pause, the next one takes the record.
+        return (503, {"retry-after": "4"}, b"") if call == 1 else (200, {}, b"")
+
+    await produce(bootstrap_servers, topic, [(b"s", b"stuck", []), (b"s", b"behind", [])])
+    async with RecordingApp(answer=stuck) as app:
+        config = sidecar_config(bootstrap_servers, topic, app.url, routes_file(tmp_path), stall_timeout=1.0)
+        async with Sidecar(config) as sidecar:
+            url = f"http://127.0.0.1:{sidecar.admin.port}/readyz"
+
+            async def stalled() -> bool:
+                _, body = await get_json(url)
+                return bool(body["detail"]["stalled_partitions"])
+
+            await eventually(stalled, timeout=10, what="a stalled partition in /readyz")
+            status, body = await get_json(url)
+            metrics = sidecar.metrics.render().decode()
+            await app.wait_for(2, timeout=15)
+            await asyncio.sleep(0.5)
+            _, after = await get_json(url)
+            metrics_after = sidecar.metrics.render().decode()
+    assert status == 200 and body["ready"] is True  # reported, not a reason to be unready
+    ((name, stall),) = body["detail"]["stalled_partitions"].items()
+    assert name.startswith(f"{topic}[") and stall["lag"] == 2 and stall["paused"] == ["retrying"]
+    assert stall["seconds"] >= 1.0 and stall["position"] == 0
+    partition = name[len(topic) + 1 : -1]
+    assert f'ktp_partition_stalled{{partition="{partition}",topic="{topic}"}} 1.0' in metrics
+    assert after["detail"]["stalled_partitions"] == {}
+    assert f'ktp_partition_stalled{{partition="{partition}",topic="{topic}"}} 0.0' in metrics_after

@@ -23,9 +23,18 @@ def test_gap_holds_the_position() -> None:
     offsets.done_now(11)
     offsets.begin(12)
     offsets.done(12)
-    assert offsets.position is None and offsets.pending == 3
+    # Nothing is done past the first fetched record: the position stays at it.
+    assert offsets.position == 10 and offsets.pending == 3
     offsets.done(10)
     assert offsets.position == 13 and offsets.pending == 0
+
+
+def test_first_fetched_record_sets_the_position() -> None:
+    offsets = PartitionOffsets()
+    offsets.begin(40)
+    assert offsets.position == 40 and offsets.pending == 1
+    offsets.done(40)
+    assert offsets.position == 41
 
 
 def test_abandon_keeps_position_and_ignores_late_completions() -> None:
@@ -64,7 +73,8 @@ def test_position_is_first_not_done(data: st.DataObject) -> None:
         if not_done:
             first = not_done[0]
             expected = max((o for o in positions if o < first), default=None)
-            assert offsets.position == (None if expected is None else expected + 1)
+            # Below the first fetched record everything is done (committed, reset or sought).
+            assert offsets.position == (positions[0] if expected is None else expected + 1)
         else:
             assert offsets.position == positions[-1] + 1
     assert offsets.position == positions[-1] + 1 and offsets.pending == 0
