@@ -9,6 +9,7 @@ Every error carries ``retriable``: whether trying the same thing again later may
     ├── UpstreamError          the app did not take a delivery
     │   ├── AppUnavailable     connection refused/reset, timeout (retriable)
     │   └── AppRejected        the app answered with a status we do not retry (not retriable)
+    ├── PublishError           a publish request was refused; carries its HTTP status
     └── BrokerError            Kafka could not be reached or refused us (retriable)
 """
 
@@ -51,6 +52,19 @@ class AppRejected(UpstreamError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class PublishError(KtpError):
+    """A publish request (``POST /v1/publish/<topic>``) was refused. ``status`` is the HTTP
+    status it is answered with; ``reason`` a short fixed word for metrics and logs;
+    ``retriable`` tells the app whether sending it again may work (the broker was unreachable)
+    or the request must change."""
+
+    def __init__(self, status: int, reason: str, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.retriable = retriable
 
 
 class BrokerError(KtpError):

@@ -79,6 +79,17 @@ class Metrics:
         )
         self.app_healthy = Gauge(PREFIX + "app_healthy", "1 when the app answers its health check.", registry=r)
         self.in_flight = Gauge(PREFIX + "deliveries_in_flight", "Deliveries started and not done.", registry=r)
+        # Outcomes are fixed words (ok, bad_header, too_large, broker_timeout, ...), never topics:
+        # a publish request names any topic it likes.
+        self.publish_requests = Counter(
+            PREFIX + "publish_requests", "Requests to the publish endpoint, by outcome.", ["outcome"], registry=r
+        )
+        self.publish_duration = Histogram(
+            PREFIX + "publish_duration_seconds",
+            "Time of one publish request, the broker's acknowledgement included.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -27,6 +27,7 @@ from aiokafka.structs import ConsumerRecord
 
 from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.headers import build_headers
+from proxy.delivery.interop import DeliveryInterop
 from proxy.delivery.policy import Outcome, RetryPolicy, Verdict, classify, parse_retry_after
 from proxy.errors import AppUnavailable
 from proxy.listener.kafka import KafkaListener
@@ -107,6 +108,7 @@ class Dispatcher:
         ordering: str = "partition",
         max_in_flight: int = 16,
         max_record_bytes: int = 1024 * 1024,
+        interop: DeliveryInterop | None = None,
     ) -> None:
         self.upstream = upstream
         self.health = health
@@ -117,6 +119,7 @@ class Dispatcher:
         self.forwarded_headers = forwarded_headers
         self.ordering = ordering
         self.max_record_bytes = max_record_bytes
+        self.interop = interop
         self._slots = asyncio.Semaphore(max_in_flight)
         self._lanes: dict[Hashable, _Lane] = {}
         self._idle = asyncio.Event()
@@ -226,6 +229,8 @@ class Dispatcher:
         if value is None:
             # A tombstone: forwarded with an empty body, marked so the app can tell it from b"".
             headers["kafka-tombstone"] = "true"
+        # ce-* headers, trace context in OTEL_PROPAGATORS' formats, ktp-delivery (interop.py).
+        scope = self.interop.begin(record, headers, rejected) if self.interop is not None else None
         for name in rejected:
             self.metrics.bad_input.labels(topic, f"header_{name}").inc()
             log.warning(
@@ -278,6 +283,8 @@ class Dispatcher:
                 await state.sleep_unless_revoked(self.policy.delay(attempts, retry_after))
             return False
         finally:
+            if scope is not None:
+                scope.end(attempts, status)
             if paused_for_retry:
                 state.retrying -= 1
                 if state.retrying == 0:

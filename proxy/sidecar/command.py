@@ -22,7 +22,14 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from proxy.cli import run_async, setup_logging
     from proxy.sidecar.runtime import Sidecar
+    from proxy.telemetry.setup import configure_tracing
 
     config = SidecarConfig.from_options(resolve(SIDECAR_OPTIONS, args))
     setup_logging(config.log_level)
-    return run_async(lambda: Sidecar(config).serve())
+    # Before the sidecar is built: it decides once whether tracing is on.
+    provider = configure_tracing()
+    try:
+        return run_async(lambda: Sidecar(config).serve())
+    finally:
+        if provider is not None and hasattr(provider, "shutdown"):
+            provider.shutdown()  # flush the spans still batched

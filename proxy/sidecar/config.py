@@ -18,11 +18,18 @@ from proxy.config import (
     parse_positive_int,
 )
 from proxy.delivery.headers import check_forward_headers
+from proxy.delivery.interop import FORMATS
 from proxy.delivery.policy import DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS
 from proxy.errors import ConfigError
 from proxy.kafka import KAFKA_OPTIONS, KafkaConnection
 from proxy.listener.progress import DEFAULT_STALL_TIMEOUT
-from proxy.routing.table import check_name
+from proxy.publish.contexts import DEFAULT_GRACE as DEFAULT_DELIVERY_CONTEXT_GRACE
+from proxy.publish.request import (
+    DEFAULT_PUBLISH_MAX_BYTES,
+    DEFAULT_PUBLISH_TIMEOUT,
+    check_publish_headers,
+)
+from proxy.routing.table import check_name, check_tenant
 from proxy.routing.tenant import DEFAULT_TENANT_KEY
 
 DEFAULT_ROUTES = "kafka:"
@@ -111,6 +118,38 @@ SIDECAR_OPTIONS = (
         DEFAULT_STALL_TIMEOUT,
         parse=parse_positive_float,
     ),
+    Option(
+        "format",
+        "how deliveries are sent: raw (the record as it is) or cloudevents (CloudEvents HTTP binary "
+        "mode by Knative KafkaSource's mapping; records that are CloudEvents pass through)",
+        "raw",
+        choices=FORMATS,
+    ),
+    Option(
+        "publish-headers",
+        "request headers the publish endpoint copies into records besides content-type, "
+        "kafka-key and trace context, comma-separated",
+        (),
+        parse=lambda raw: tuple(sorted(check_publish_headers(parse_csv(raw)))),
+    ),
+    Option("publish-max-bytes", "largest body the publish endpoint takes", DEFAULT_PUBLISH_MAX_BYTES, parse=parse_positive_int),
+    Option(
+        "publish-timeout",
+        "seconds the publish endpoint waits for Kafka's acknowledgement before answering 503",
+        DEFAULT_PUBLISH_TIMEOUT,
+        parse=parse_positive_float,
+    ),
+    Option(
+        "default-tenant",
+        "sandbox pods only: tenant stamped into the baggage of published records that carry none "
+        "(batch jobs, crons)",
+    ),
+    Option(
+        "delivery-context-grace",
+        "seconds a delivery's context stays usable through ktp-delivery after the delivery is done",
+        DEFAULT_DELIVERY_CONTEXT_GRACE,
+        parse=parse_positive_float,
+    ),
     Option("log-level", "log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
 
@@ -151,6 +190,12 @@ class SidecarConfig:
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
     instance_id: str | None = None
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    format: str = "raw"
+    publish_headers: tuple[str, ...] = ()
+    publish_max_bytes: int = DEFAULT_PUBLISH_MAX_BYTES
+    publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
+    default_tenant: str | None = None
+    delivery_context_grace: float = DEFAULT_DELIVERY_CONTEXT_GRACE
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -189,6 +234,15 @@ class SidecarConfig:
             # The operator believes deliveries are encrypted; they would not be.
             raise ConfigError(f"--app-cafile is set but --app-url {self.app_url!r} is not https://")
         check("--forward-headers", lambda: check_forward_headers(self.forward_headers))
+        if self.format not in FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
+        check("--publish-headers", lambda: check_publish_headers(self.publish_headers))
+        if self.default_tenant is not None:
+            if self.sandbox is None:
+                # Baseline traffic has no tenant by definition; stamping one would send a
+                # baseline pod's records to a sandbox.
+                raise ConfigError("--default-tenant is for sandbox pods (set --sandbox)")
+            check("--default-tenant", lambda: check_tenant(self.default_tenant or ""))
 
     @property
     def consumer_group(self) -> str:

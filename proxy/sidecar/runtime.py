@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
+from opentelemetry.trace import TracerProvider
 
 from proxy.admin.server import HttpServer, admin_routes, metrics_routes
 from proxy.delivery.dead_letter import DeadLetterWriter
@@ -34,6 +35,7 @@ from proxy.routeservice.groups import SandboxGroup, register_sandbox_group
 from proxy.routing.sources import CatchUpRouteSource, RouteSource, create_route_source
 from proxy.routing.tenant import TenantExtractor
 from proxy.sidecar.config import SidecarConfig
+from proxy.sidecar.interop import build_interop
 from proxy.upstream.health import AppHealth
 from proxy.upstream.http import HttpUpstream
 
@@ -69,6 +71,7 @@ class Sidecar:
         *,
         route_source: RouteSource | None = None,
         metrics: Metrics | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
@@ -125,6 +128,8 @@ class Sidecar:
                 "heartbeat_interval_ms": int(min(3.0, config.session_timeout / 3) * 1000),
             },
         )
+        # Publish endpoint, ktp-delivery contexts, CloudEvents, propagators, spans.
+        self.interop = build_interop(config, self.metrics, tracer_provider=tracer_provider)
         self.dispatcher = Dispatcher(
             upstream=self.upstream,
             health=self.health,
@@ -140,6 +145,7 @@ class Sidecar:
             ordering=config.ordering,
             max_in_flight=config.max_in_flight,
             max_record_bytes=config.max_record_bytes,
+            interop=self.interop.delivery,
         )
         self.admin = HttpServer(
             config.admin_addr,
@@ -172,7 +178,9 @@ class Sidecar:
 
     async def start(self) -> None:
         log.info("starting %r", self)
-        for part in (self.metrics_server, self.admin, self.route_source, self.health, self.upstream):
+        for part in (
+            self.metrics_server, self.admin, self.interop.publish, self.route_source, self.health, self.upstream
+        ):
             self._started.append(part)  # before start(): a half-started part is stopped too
             await part.start()
         await self._connect_kafka()
@@ -342,6 +350,9 @@ class Sidecar:
                 skipped[decision.reason] = skipped.get(decision.reason, 0) + 1
         for reason, count in skipped.items():
             m.records_skipped.labels(topic, reason).inc(count)
+        if self.interop.tracing.enabled:
+            # Once per batch, after the loop: tracing off adds nothing per record.
+            self.interop.tracing.decided(topic, state.tp.partition, records, from_headers, decide)
         self.dispatcher.check_backpressure(state)
 
     # -- partitions and commits ------------------------------------------------------------------

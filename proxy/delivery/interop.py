@@ -1,0 +1,115 @@
+"""DeliveryInterop: what a delivery request carries besides the record, and what it leaves behind.
+
+The dispatcher calls :meth:`DeliveryInterop.begin` once per delivery (not per attempt), after
+the headers are built, and :meth:`DeliveryScope.end` when the delivery is over. In between:
+
+- ``--format cloudevents``: the ``ce-*`` headers of CloudEvents HTTP binary mode
+  (:mod:`proxy.delivery.cloudevents`);
+- trace context in the formats of ``OTEL_PROPAGATORS``: translated from the record's when it
+  came in another format, or, when tracing is on, the ``process`` span's own;
+- ``ktp-delivery: <id>``, and the delivery's context kept under that id
+  (:class:`proxy.publish.contexts.DeliveryContexts`) for the publish endpoint.
+
+With the defaults (raw format, tracing off, ``tracecontext,baggage``) this is one id, one dict
+entry and a look at a handful of headers per delivery.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proxy.delivery import cloudevents
+from proxy.delivery.headers import forwarded_header_names
+from proxy.publish.contexts import DeliveryContexts
+from proxy.telemetry.tracing import DELIVERY_ID, SidecarTracing, record_carrier
+
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
+    from opentelemetry.trace import Span
+
+DELIVERY_HEADER = "ktp-delivery"
+FORMATS = ("raw", "cloudevents")
+
+
+class DeliveryScope:
+    """One delivery between :meth:`DeliveryInterop.begin` and :meth:`end`."""
+
+    __slots__ = ("_contexts", "delivery_id", "span")
+
+    def __init__(self, contexts: DeliveryContexts, delivery_id: str, span: Span | None) -> None:
+        self._contexts = contexts
+        self.delivery_id = delivery_id
+        self.span = span
+
+    def end(self, attempts: int, status: int | None) -> None:
+        """The delivery is done, dead-lettered or abandoned (``status``: the app's last answer)."""
+        self._contexts.close(self.delivery_id)
+        if self.span is not None:
+            SidecarTracing.end_process(self.span, attempts, status)
+
+
+class DeliveryInterop:
+    """Per-delivery interop for one sidecar; see the module doc."""
+
+    __slots__ = ("_fields", "cloudevents", "contexts", "propagation", "service", "tracing")
+
+    def __init__(
+        self,
+        *,
+        contexts: DeliveryContexts,
+        tracing: SidecarTracing,
+        format: str = "raw",
+        service: str = "",
+    ) -> None:
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+        self.contexts = contexts
+        self.tracing = tracing
+        self.propagation = tracing.propagation
+        self.cloudevents = format == "cloudevents"
+        self.service = service
+        # Context headers a delivery can carry: those copied from records (headers.py's
+        # allowlist) and those written in the configured formats.
+        possible = set(forwarded_header_names(",".join(self.propagation.names))) | self.propagation.written_fields
+        self._fields = tuple(sorted(possible & self.propagation.context_fields))
+
+    def __repr__(self) -> str:
+        return (
+            f"DeliveryInterop(format={'cloudevents' if self.cloudevents else 'raw'!r}, "
+            f"tracing={self.tracing.enabled}, contexts={self.contexts!r})"
+        )
+
+    def begin(
+        self, record: ConsumerRecord[bytes, bytes], headers: dict[str, str], rejected: list[str]
+    ) -> DeliveryScope:
+        """Complete ``headers`` for ``record``'s delivery; append to ``rejected`` what could not
+        be sent (counted and logged by the caller)."""
+        if self.cloudevents:
+            extra, dropped = cloudevents.http_headers(
+                source=cloudevents.event_source(self.service, record.topic),
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                timestamp=record.timestamp,
+                key=record.key,
+                record_headers=record.headers,
+                content_type=headers.get("content-type"),
+            )
+            headers.update(extra)
+            rejected.extend(dropped)
+        propagation = self.propagation
+        span = None
+        if self.tracing.enabled:
+            span = self.tracing.start_process(record, headers)
+        elif propagation.written and not propagation.has_written_format(headers):
+            # Only the formats on the allowlist were copied: look at the record for others.
+            carrier = record_carrier(record.headers, propagation.trace_fields)
+            if propagation.translate(carrier):
+                for name in propagation.written_fields:
+                    if name in carrier:
+                        headers[name] = carrier[name]
+        delivery_id = self.contexts.open(tuple((n, headers[n]) for n in self._fields if n in headers))
+        headers[DELIVERY_HEADER] = delivery_id
+        if span is not None:
+            span.set_attribute(DELIVERY_ID, delivery_id)
+        return DeliveryScope(self.contexts, delivery_id, span)

@@ -1,0 +1,7 @@
+"""The publish endpoint: ``POST /v1/publish/<topic>`` lets the app produce without a Kafka client
+and keep its delivery's tenant without OpenTelemetry.
+
+- :mod:`.request`   a request turned into a record: validation, context, default tenant (pure)
+- :mod:`.contexts`  ``ktp-delivery`` ids → the context of deliveries in flight or just done
+- :mod:`.server`    the HTTP listener and the Kafka producer behind it
+"""

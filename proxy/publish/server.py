@@ -1,0 +1,363 @@
+"""PublishServer: ``POST /v1/publish/<topic>`` on ``--publish-addr`` (default 127.0.0.1:15001).
+
+Lets the app produce without a Kafka client and keep the tenant without OpenTelemetry (see
+:mod:`proxy.publish.request` for what a request may carry). Answers:
+
+====  ==============================================================================
+204   the broker acknowledged the record (acks=all); ``kafka-topic``, ``kafka-partition``
+      and ``kafka-offset`` say where it is
+400   a bad header (CR/LF/NUL, non-ASCII, bad ``kafka-key`` escape), a bad topic name, or
+      a malformed HTTP request
+403   an internal topic (``__*``, ``_ktp*``)
+404   another path; 405 another method
+413   a body over ``--publish-max-bytes`` (refused before it is read when its length is known)
+422   ``ktp-delivery`` names no delivery in flight or within its grace
+503   Kafka is unreachable or did not acknowledge within ``--publish-timeout``
+      (with ``retry-after``); 502 when the broker refused the record for another reason
+====  ==============================================================================
+
+Errors are JSON ``{"error": "..."}``, malformed HTTP included (aiohttp's parser refuses a header
+with CR, LF or NUL before any handler runs; its plain-text answer is replaced by ours).
+
+Nothing is acknowledged before the broker has the record, and nothing is written from a request
+that was refused: every check runs before the record is handed to the producer, and a record is
+only ever sent whole. On a 503 for a timeout the producer drops the record at the same deadline
+(its ``request_timeout_ms`` is half the publish timeout, which bounds both the metadata wait
+and the batch's life), so it is not written later behind the app's back; as with any Kafka
+producer, a broker that got the record but whose answer was lost may still have it, so a retry
+after a 503 is at-least-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
+from aiokafka.structs import RecordMetadata
+
+from proxy.errors import PublishError
+from proxy.kafka import KafkaConnection
+from proxy.metrics import Metrics
+from proxy.publish.contexts import DeliveryContexts
+from proxy.publish.request import (
+    DEFAULT_PUBLISH_MAX_BYTES,
+    DEFAULT_PUBLISH_TIMEOUT,
+    PublishRecord,
+    PublishRules,
+    topic_from_path,
+)
+from proxy.telemetry.tracing import SidecarTracing
+
+log = logging.getLogger(__name__)
+
+CONNECT_RETRY_INITIAL = 0.5
+CONNECT_RETRY_MAX = 10.0
+READ_CHUNK = 64 * 1024
+# Room for the record's key and headers on top of the value in one produce request.
+RECORD_OVERHEAD = 64 * 1024
+
+
+def error_response(error: PublishError) -> web.Response:
+    """The JSON answer to a refused request."""
+    response = web.Response(
+        text=json.dumps({"error": str(error)}),
+        status=error.status,
+        content_type="application/json",
+    )
+    if error.retriable:
+        response.headers["retry-after"] = "1"
+    return response
+
+
+class KafkaPublisher:
+    """The producer behind the publish endpoint: acks=all, bounded waits, connects in the
+    background (and keeps reconnecting on its own once connected)."""
+
+    def __init__(
+        self,
+        connection: KafkaConnection,
+        *,
+        timeout: float = DEFAULT_PUBLISH_TIMEOUT,
+        max_bytes: int = DEFAULT_PUBLISH_MAX_BYTES,
+        client_id: str = "ktp-publish",
+    ) -> None:
+        self.connection = connection
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.client_id = client_id
+        self._producer: AIOKafkaProducer | None = None
+        self._connecting: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"KafkaPublisher(timeout={self.timeout}, connected={self.connected})"
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    async def start(self) -> None:
+        """Start connecting; returns at once. Requests meanwhile are answered 503."""
+        self._connecting = asyncio.create_task(self._connect(), name="ktp-publish-connect")
+
+    async def _connect(self) -> None:
+        delay = CONNECT_RETRY_INITIAL
+        while True:
+            producer = AIOKafkaProducer(
+                **self.connection.client_kwargs(),
+                acks="all",
+                client_id=self.client_id,
+                linger_ms=0,
+                # Half the publish timeout bounds the metadata wait and, separately, the life of
+                # the batch: a record the endpoint gave up on is dropped, not written later.
+                # (No idempotence: an idempotent producer never expires a batch.)
+                request_timeout_ms=max(int(self.timeout * 1000 / 2), 1),
+                max_request_size=self.max_bytes + RECORD_OVERHEAD,
+            )
+            try:
+                await producer.start()
+            except (KafkaError, OSError) as exc:
+                await producer.stop()
+                log.warning(
+                    "publish: Kafka at %s not reachable (%r); retrying in %.1fs",
+                    self.connection.bootstrap_servers, exc, delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CONNECT_RETRY_MAX)
+                continue
+            self._producer = producer
+            return
+
+    async def stop(self) -> None:
+        """Stop connecting; flush and close the producer."""
+        if self._connecting is not None:
+            self._connecting.cancel()
+            try:
+                await self._connecting
+            except asyncio.CancelledError:
+                pass
+            self._connecting = None
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+    async def send(self, record: PublishRecord, headers: list[tuple[str, bytes]]) -> RecordMetadata:
+        """Write one record and wait for the broker's acknowledgement, at most ``timeout``."""
+        producer = self._producer
+        if producer is None:
+            raise PublishError(
+                503, "broker_unavailable",
+                f"not connected to Kafka at {self.connection.bootstrap_servers} yet; retry",
+                retriable=True,
+            )
+        try:
+            async with asyncio.timeout(self.timeout):
+                acked = await producer.send(record.topic, record.value, key=record.key, headers=headers)
+                return await acked
+        except TimeoutError as exc:
+            raise PublishError(
+                503, "broker_timeout",
+                f"Kafka did not acknowledge the record within {self.timeout}s; it was not "
+                "written, retry",
+                retriable=True,
+            ) from exc
+        except MessageSizeTooLargeError as exc:
+            raise PublishError(413, "too_large", f"the broker refused the record as too large: {exc}") from exc
+        except TopicAuthorizationFailedError as exc:
+            raise PublishError(403, "forbidden_topic", f"not authorized to write to {record.topic!r}") from exc
+        except UnknownTopicOrPartitionError as exc:
+            # Also what the producer says when Kafka is down and it never saw the topic.
+            raise PublishError(
+                503, "unknown_topic",
+                f"no partitions of {record.topic!r} known within {self.timeout}s: the topic does "
+                "not exist (and the broker does not create topics) or Kafka is unreachable",
+                retriable=True,
+            ) from exc
+        except KafkaError as exc:
+            if exc.retriable:
+                raise PublishError(
+                    503, "broker_unavailable", f"Kafka did not take the record: {exc!r}; retry", retriable=True
+                ) from exc
+            raise PublishError(502, "broker_rejected", f"Kafka refused the record: {exc!r}") from exc
+
+
+class _JsonErrorRequestHandler(RequestHandler):
+    """Answers requests aiohttp's HTTP parser refuses (a header with CR, LF or NUL, a bad
+    request line, an oversized header) with the publish API's JSON errors."""
+
+    __slots__ = ("on_refused",)
+    on_refused: Callable[[PublishError], None]
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already sent, cannot answer the malformed request")
+        what = (message or HTTPStatus(status).phrase).strip().splitlines()[0].rstrip(":")
+        log.info("publish: malformed HTTP request refused: %s", what)
+        error = PublishError(
+            status, "malformed_request",
+            f"malformed HTTP request ({what[:200]}): header names and values may not "
+            "contain CR, LF, NUL or other control characters",
+        )
+        self.on_refused(error)
+        response = error_response(error)
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server with :class:`_JsonErrorRequestHandler` per connection."""
+
+    def __init__(self, handler: Any, on_refused: Callable[[PublishError], None]) -> None:
+        super().__init__(handler)
+        self.on_refused = on_refused
+
+    def __call__(self) -> RequestHandler:
+        handler = _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.on_refused = self.on_refused
+        return handler
+
+
+class PublishServer:
+    """The publish endpoint of one sidecar: HTTP listener and Kafka producer."""
+
+    def __init__(
+        self,
+        addr: tuple[str, int],
+        *,
+        rules: PublishRules,
+        publisher: KafkaPublisher,
+        contexts: DeliveryContexts,
+        tracing: SidecarTracing,
+        metrics: Metrics,
+    ) -> None:
+        self.host, self.port = addr
+        self.rules = rules
+        self.publisher = publisher
+        self.contexts = contexts
+        self.tracing = tracing
+        self.metrics = metrics
+        self._runner: web.ServerRunner | None = None
+
+    def __repr__(self) -> str:
+        return f"PublishServer(addr={self.host}:{self.port}, publisher={self.publisher!r})"
+
+    @property
+    def url(self) -> str:
+        """Base URL of the endpoint: ``<url>/<topic>``."""
+        return f"http://{self.host}:{self.port}/v1/publish"
+
+    async def start(self) -> None:
+        await self.publisher.start()
+        # Handlers may wait up to the publish timeout for Kafka; shutdown lets them finish.
+        self._runner = web.ServerRunner(
+            _Server(self._handle, self._count_malformed), handle_signals=False, shutdown_timeout=self.publisher.timeout + 1
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        if self.port == 0:
+            self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        """Stop taking requests, let those in progress finish, then flush the producer."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.publisher.stop()
+
+    async def __aenter__(self) -> PublishServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _count_malformed(self, error: PublishError) -> None:
+        self.metrics.publish_requests.labels(error.reason).inc()
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            response = await self._publish(request)
+            outcome = "ok"
+        except PublishError as error:
+            outcome = error.reason
+            response = error_response(error)
+            if error.status == 405:
+                response.headers["allow"] = "POST"
+            if error.status == 413 or not request.content.at_eof():
+                # The body was not read: the connection cannot carry another request.
+                response.force_close()
+            log.log(
+                logging.WARNING if error.status >= 500 else logging.INFO,
+                "publish %s %s refused (%d %s): %s",
+                request.method, request.path[:200], error.status, error.reason, error,
+            )
+        self.metrics.publish_requests.labels(outcome).inc()
+        self.metrics.publish_duration.observe(time.perf_counter() - started)
+        return response
+
+    async def _publish(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.raw_path.partition("?")[0]
+        topic = topic_from_path(path)
+        if request.method != "POST":
+            raise PublishError(405, "method_not_allowed", f"use POST {path[:200]}, not {request.method}")
+        limit = self.publisher.max_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PublishError(413, "too_large", f"body of {request.content_length} bytes is over the limit of {limit}")
+        if request.headers.get("expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = await self._read_body(request, limit)
+        headers = request.headers
+        record = self.rules.parse(topic, headers, body, self.contexts.get, lambda name: headers.getall(name, []))
+        span = None
+        if self.tracing.enabled:
+            span = self.tracing.start_send(topic, record.context, record.key, len(body))
+        try:
+            written = await self.publisher.send(record, record.kafka_headers())
+        except PublishError as error:
+            if span is not None:
+                SidecarTracing.end_send(span, None, None, error.reason)
+            raise
+        if span is not None:
+            SidecarTracing.end_send(span, written.partition, written.offset, None)
+        return web.Response(
+            status=204,
+            headers={
+                "kafka-topic": topic,
+                "kafka-partition": str(written.partition),
+                "kafka-offset": str(written.offset),
+            },
+        )
+
+    @staticmethod
+    async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.read(READ_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise PublishError(413, "too_large", f"body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
