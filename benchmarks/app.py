@@ -2,7 +2,9 @@
 
 ``python -m benchmarks.app --port P [--expect N] [--latency]``. It answers every ``POST`` with
 an empty 200 at the lowest cost we can write in Python, so that throughput is the sender's, and
-keeps the sidecar's ``/proc`` numbers free of the app's work. ``GET /stats`` answers JSON:
+keeps the sidecar's ``/proc`` numbers free of the app's work. Only ``POST /events`` is a
+delivery; any other ``POST`` (the sidecar's spans, when a run points its OTLP/HTTP exporter here)
+is answered and counted apart. ``GET /stats`` answers JSON:
 deliveries received, the monotonic times of the first, the last and the ``N``-th one, and with
 ``--latency`` each delivery's (partition, offset, record timestamp ms, receipt time µs), the first
 three read from the ``kafka-*`` headers.
@@ -35,6 +37,7 @@ class Stats:
         self.first = 0.0
         self.last = 0.0
         self.reached = 0.0
+        self.other_posts = 0
         self.samples: list[tuple[int, int, int, int]] = []
 
     def received(self, head: bytes) -> None:
@@ -55,7 +58,8 @@ class Stats:
 
     def as_json(self, full: bool) -> bytes:
         data: dict[str, object] = {
-            "count": self.count, "first": self.first, "last": self.last, "reached": self.reached
+            "count": self.count, "first": self.first, "last": self.last, "reached": self.reached,
+            "other_posts": self.other_posts,
         }
         if full:
             data["samples"] = self.samples
@@ -86,8 +90,11 @@ class AppProtocol(asyncio.Protocol):
             if len(buffer) < total:
                 break
             buffer = buffer[total:]
-            if head.startswith(b"post"):
+            if head.startswith(b"post /events "):
                 self.stats.received(head)
+                out.append(OK)
+            elif head.startswith(b"post"):
+                self.stats.other_posts += 1
                 out.append(OK)
             else:
                 payload = self.stats.as_json(full=b"full" in head.split(b"\r\n", 1)[0])

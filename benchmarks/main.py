@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import functools
 import json
 import sys
 import tempfile
@@ -97,6 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="consumer group session timeout, seconds, for every contender")
     parser.add_argument("--only", type=lambda v: set(v.split(",")), default=set(SECTIONS),
                         help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)")
+    parser.add_argument("--tracing", action="store_true",
+                        help="also run the sidecar with OpenTelemetry tracing on (spans exported over "
+                        "OTLP/HTTP to a local sink), next to the runs with tracing off")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the sidecar's skip and deliver paths with py-spy (extra runs)")
     parser.add_argument("--bootstrap-servers", help="use this Kafka instead of starting the embedded broker")
@@ -148,10 +152,12 @@ class Bench:
 
     def sidecar(
         self, topic: str, app: App, routes: Path, trace: Path | None = None, fetch_wait_ms: int | None = None,
-        **options: Any,
+        tracing: bool = False, **options: Any,
     ) -> Child:
         """The real ``ktp sidecar`` CLI configured by ``KTP_*`` (with a fetch trace: through
-        :mod:`benchmarks.traced_sidecar`)."""
+        :mod:`benchmarks.traced_sidecar`). OpenTelemetry tracing is off (``OTEL_SDK_DISABLED``),
+        as without the ``otel`` extra; with ``tracing`` the SDK exports every span over OTLP/HTTP
+        to the app, which answers 200 and drops them."""
         env = clean_env(
             bootstrap_servers=self.bootstrap_servers,
             service=workload.SERVICE,
@@ -167,6 +173,11 @@ class Bench:
             log_level="INFO",
             **options,
         )
+        if tracing:
+            env.update(OTEL_TRACES_EXPORTER="otlp",
+                       OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"http://127.0.0.1:{app.port}/v1/traces")
+        else:
+            env["OTEL_SDK_DISABLED"] = "true"
         argv = [*ktp_command(), "sidecar"]
         if trace:
             argv = python_module("benchmarks.traced_sidecar", str(trace), *([str(fetch_wait_ms)] if fetch_wait_ms else []))
@@ -241,7 +252,11 @@ class Bench:
         return 60 + records / rate
 
     async def run_sidecar(self, name: str, profile: Path | None = None) -> Throughput:
+        """``name``: ``sidecar-skip``, ``sidecar-partition`` or ``sidecar-key``, with ``-traced``
+        for a run with tracing on."""
         a = self.args
+        tracing = name.endswith("-traced")
+        name = name.removesuffix("-traced")
         deliver = name != "sidecar-skip"
         records = a.deliver_records if deliver else a.skip_records
         topic = self.topics["deliver" if deliver else "skip"]
@@ -251,7 +266,7 @@ class Bench:
         port = free_port()
         async with App(expect=records) as app:
             sidecar = self.sidecar(topic, app, self.routes_deliver if deliver else self.routes_skip,
-                                   metrics_port=port, **options)
+                                   metrics_port=port, tracing=tracing, **options)
             async with sidecar:
                 start = await self.assigned(sidecar)
                 profiler = Profiler(sidecar.pid, profile) if profile else None
@@ -263,7 +278,7 @@ class Bench:
                 peak = sidecar.peak_rss_mb()
                 if profiler:
                     await profiler.stop()
-        label = LABELS[name].format(n=a.max_in_flight)
+        label = LABELS[name].format(n=a.max_in_flight) + (", tracing on" if tracing else "")
         return Throughput(label, records, done - start.t, cpu, peak, start.rss_mb)
 
     async def run_loop(self, kind: str) -> Throughput:
@@ -316,6 +331,8 @@ class Bench:
                 assert self.session is not None
                 stats = await app.stats(self.session, full=True)
                 peak = child.peak_rss_mb()
+        if not trace.exists():
+            raise RuntimeError(f"{child.name} left no fetch trace (did it exit cleanly?):\n{child.output()}")
         traced = json.loads(trace.read_text())
         fetched: dict[tuple[int, int], int] = {}
         for partition, first, last, fetched_us in traced["fetched"]:
@@ -357,6 +374,10 @@ class Bench:
                     ("sidecar-partition", lambda: self.run_sidecar("sidecar-partition")),
                     ("sidecar-key", lambda: self.run_sidecar("sidecar-key")),
                 ]
+            if a.tracing:
+                order += [(f"{name}-traced", functools.partial(self.run_sidecar, f"{name}-traced"))
+                          for name, section in (("sidecar-skip", "skip"), ("sidecar-partition", "deliver"))
+                          if section in a.only]
             for attempt in range(1, a.repeat + 1):
                 for name, run in order:
                     measured = await run()

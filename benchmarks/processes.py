@@ -201,9 +201,9 @@ def ktp_command() -> list[str]:
 
 
 def clean_env(**ktp: object) -> dict[str, str]:
-    """This environment without any ``KTP_*`` of the caller's, plus ``KTP_<NAME>`` for each
-    keyword, and :data:`CODE_ROOT` first on ``PYTHONPATH``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KTP_")}
+    """This environment without any ``KTP_*`` or ``OTEL_*`` of the caller's, plus ``KTP_<NAME>``
+    for each keyword, and :data:`CODE_ROOT` first on ``PYTHONPATH``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KTP_", "OTEL_"))}
     env.update({f"KTP_{name.upper()}": str(value) for name, value in ktp.items()})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_ROOT), env.get("PYTHONPATH")]))
     return env

@@ -144,6 +144,10 @@ def _throughput_rows(t: dict[str, Throughput]) -> list[Row]:
         if skip:
             rows.append(Row("skip", skip.label, skip.rate, "rec/s", _rate(skip.rate), skip.rate / raw.rate,
                             "raw loop", Target(">= 0.80x", 0.8, True, on_ratio=True), skip.records))
+    traced = t.get("sidecar-skip-traced")
+    if traced and skip:
+        rows.append(Row("skip", traced.label, traced.rate, "rec/s", _rate(traced.rate), traced.rate / skip.rate,
+                        "sidecar, tracing off", records=traced.records))
     if naive:
         rows.append(Row("deliver", naive.label, naive.rate, "rec/s", _rate(naive.rate), 1.0, "(baseline)",
                         records=naive.records))
@@ -164,6 +168,10 @@ def _throughput_rows(t: dict[str, Throughput]) -> list[Row]:
     if by_key and limit:
         rows.append(Row("deliver", "  same, against the hand-rolled limit", by_key.rate, "rec/s", "",
                         by_key.rate / limit.rate, "hand-rolled (partition order)"))
+    traced = t.get("sidecar-partition-traced")
+    if traced and by_partition:
+        rows.append(Row("deliver", traced.label, traced.rate, "rec/s", _rate(traced.rate),
+                        traced.rate / by_partition.rate, "sidecar, tracing off", records=traced.records))
     return rows
 
 
@@ -171,7 +179,8 @@ def _resource_rows(t: dict[str, Throughput]) -> list[Row]:
     """CPU per record and peak RSS of each sidecar run, next to its baseline's."""
     rows: list[Row] = []
     pairs = (("sidecar-skip", "raw", 5.0), ("sidecar-partition", "handrolled", 60.0),
-             ("sidecar-key", "handrolled", 60.0))
+             ("sidecar-key", "handrolled", 60.0), ("sidecar-skip-traced", "raw", 5.0),
+             ("sidecar-partition-traced", "handrolled", 60.0))
     for name, base_name, bound in pairs:
         run, base = t.get(name), t.get(base_name)
         if run:
@@ -379,20 +388,25 @@ def write_chart(path: Path, results: Results, title: str) -> None:
             ax.legend(fontsize=8)
 
     base, ours = "#9e9e9e", "#1f77b4"
-    skip = [(n, t[k]) for k, n in (("raw", "raw loop"), ("sidecar-skip", "sidecar")) if k in t]
+    skip = [(n, t[k]) for k, n in (("raw", "raw loop"), ("sidecar-skip", "sidecar"),
+                                    ("sidecar-skip-traced", "sidecar\ntracing on")) if k in t]
     if skip:
-        bars(axes[0][0], [n for n, _ in skip], [r.rate for _, r in skip], [base, ours][: len(skip)],
-             "records/s", "skip path: every record routed elsewhere")
+        bars(axes[0][0], [n for n, _ in skip], [r.rate for _, r in skip],
+             [base if "sidecar" not in n else ours for n, _ in skip], "records/s",
+             "skip path: every record routed elsewhere")
     deliver = [(n, t[k]) for k, n in (("naive", "naive\n(httpx)"), ("handrolled", "hand-rolled\nlimit"),
                                        ("sidecar-partition", "sidecar\npartition"),
-                                       ("sidecar-key", "sidecar\nkey")) if k in t]
+                                       ("sidecar-key", "sidecar\nkey"),
+                                       ("sidecar-partition-traced", "sidecar partition\ntracing on")) if k in t]
     if deliver:
         bars(axes[0][1], [n for n, _ in deliver], [r.rate for _, r in deliver],
              [base if "sidecar" not in n else ours for n, _ in deliver], "records/s",
              "deliver path: to a local HTTP app")
     cpu = [(n, t[k]) for k, n in (("raw", "raw loop\n(skip)"), ("sidecar-skip", "sidecar\nskip"),
                                    ("handrolled", "hand-rolled\n(deliver)"),
-                                   ("sidecar-partition", "sidecar\npartition"), ("sidecar-key", "sidecar\nkey"))
+                                   ("sidecar-partition", "sidecar\npartition"), ("sidecar-key", "sidecar\nkey"),
+                                   ("sidecar-skip-traced", "skip\ntracing on"),
+                                   ("sidecar-partition-traced", "partition\ntracing on"))
            if k in t]
     if cpu:
         ax = axes[0][2]
