@@ -102,7 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also run the sidecar with OpenTelemetry tracing on (spans exported over "
                         "OTLP/HTTP to a local sink), next to the runs with tracing off")
     parser.add_argument("--profile", action="store_true",
-                        help="also profile the sidecar's skip and deliver paths with py-spy (extra runs)")
+                        help="also profile the sidecar's skip and deliver paths with py-spy (extra runs; "
+                        "with --tracing, the traced runs too)")
     parser.add_argument("--bootstrap-servers", help="use this Kafka instead of starting the embedded broker")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where the CSV and PNG go")
     args = parser.parse_args(argv)
@@ -403,6 +404,8 @@ class Bench:
             if a.profile:
                 profiled = [name for name, section in (("sidecar-skip", "skip"), ("sidecar-partition", "deliver"),
                                                        ("sidecar-key", "deliver")) if section in a.only]
+                if a.tracing:
+                    profiled += [f"{name}-traced" for name in profiled if name != "sidecar-key"]
                 for name in profiled:
                     output = a.results / f"profile-{name}-{self.run_id}.txt"
                     await self.run_sidecar(name, profile=output)
