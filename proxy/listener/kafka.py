@@ -7,18 +7,28 @@ A partition is paused while any reason holds (``app_unhealthy``, ``backpressure`
 Commits are refused once this member has lost its membership (the broker expired it, e.g.
 after a network cut): its partitions are *lost*, not revoked (KIP-429), and their new owner may
 have moved past what this member did. Committing then could move the group's offsets back.
+
+Fetching is fenced while the membership is in doubt. Fetches are not tied to the group, so a
+member cut off from the broker for longer than its session timeout would, the moment the
+connection returns, fetch and deliver from its old position records that the partitions' new
+owner has already handled, until its next heartbeat tells it it was expired. So once the group
+coordinator has been unreachable for half the session timeout (before the broker can have
+expired us) every partition is paused (``membership_unconfirmed``) until a heartbeat confirms the
+membership or a new assignment arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaTimeoutError
+from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord
 
 from proxy.kafka import KafkaConnection
@@ -29,6 +39,9 @@ PartitionsCallback = Callable[[frozenset[TopicPartition]], Awaitable[None]]
 # A commit waits this long for the group coordinator, then fails (and is retried by the next
 # round): one that sat out a broker outage could go out for a generation that ended meanwhile.
 DEFAULT_COMMIT_TIMEOUT = 10.0
+DEFAULT_SESSION_TIMEOUT_MS = 10000  # aiokafka's
+WATCH_INTERVAL = 0.1
+UNCONFIRMED = "membership_unconfirmed"
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 
@@ -81,6 +94,9 @@ class KafkaListener:
             **(consumer_options or {}),
         )
         self._consumer: AIOKafkaConsumer | None = None
+        self._session_timeout = self._consumer_kwargs.get("session_timeout_ms", DEFAULT_SESSION_TIMEOUT_MS) / 1000
+        self.fenced = False
+        self._watch_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -107,9 +123,15 @@ class KafkaListener:
             self._consumer = None
             await consumer.stop()
             raise
+        self._watch_task = asyncio.create_task(self._watch_membership(), name="ktp-membership")
 
     async def stop(self) -> None:
         """Leave the group and close. Commit before calling this."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -197,9 +219,48 @@ class KafkaListener:
             for tp in revoked:
                 self._pauses.pop(tp, None)
 
+    async def _watch_membership(self) -> None:
+        """Fence fetching while the coordinator is unreachable; lift the fence on proof."""
+        coordinator = self.consumer._coordinator
+        unreachable_since: float | None = None
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            now = time.monotonic()
+            if coordinator.coordinator_id is None:
+                unreachable_since = unreachable_since or now
+                if not self.fenced and now - unreachable_since >= self._session_timeout / 2:
+                    self._fence()
+                continue
+            unreachable_since = None
+            if self.fenced and not self.membership_lost:
+                # An extra heartbeat: success proves the membership; an expired member learns it
+                # here (aiokafka then resets the generation and rejoins, see _assigned).
+                try:
+                    confirmed = await coordinator._do_heartbeat()
+                except KafkaError as exc:
+                    log.warning("membership check failed: %r", exc)
+                    continue
+                if confirmed and not self.membership_lost:
+                    self._unfence("a heartbeat confirmed the membership")
+
+    def _fence(self) -> None:
+        log.warning(
+            "group coordinator unreachable for %.1fs: fetching paused until the membership is confirmed",
+            self._session_timeout / 2,
+        )
+        self.fenced = True
+        self.pause(self.assignment(), UNCONFIRMED)
+
+    def _unfence(self, why: str) -> None:
+        log.info("fetching resumed: %s", why)
+        self.fenced = False
+        self.resume(self.assignment(), UNCONFIRMED)
+
     async def _assigned(self, assigned: frozenset[TopicPartition]) -> None:
         log.info("partitions assigned: %s", _fmt(assigned))
         self.joined = True
+        if self.fenced:
+            self._unfence("the group was joined again")
         await self._on_assigned(assigned)
         # Pauses asked for before the assignment (e.g. app unhealthy) take effect now.
         held = [tp for tp in assigned if self._pauses.get(tp)]

@@ -127,6 +127,7 @@ async def test_broker_cut_for_15s_lone_member(tmp_path: Path) -> None:
                 await asyncio.sleep(CUT_SECONDS)
                 during_cut = len(app.received) - cut_at
                 alive = not sidecar._stopping.is_set()
+                fenced_in_cut = sidecar.listener.fenced
                 proxy.heal()
                 healed_at = time.monotonic()
                 await load
@@ -134,6 +135,7 @@ async def test_broker_cut_for_15s_lone_member(tmp_path: Path) -> None:
                 recovered_in = time.monotonic() - healed_at
                 await asyncio.sleep(0.5)
                 failed_commits = _sample(sidecar, 'ktp_commits_total{result="failed"}')
+                fenced_after = sidecar.listener.fenced
             dead = len(await read_topic(bootstrap, f"{topic}.dlq"))
             written = len(await read_topic(bootstrap, topic))
     result = account(
@@ -148,6 +150,8 @@ async def test_broker_cut_for_15s_lone_member(tmp_path: Path) -> None:
     # crashed nor stopped.
     assert proxy.reset_during_cut > 0 and during_cut < rate * 3
     assert alive
+    # Fetching was fenced while the membership was in doubt, and a heartbeat lifted the fence.
+    assert fenced_in_cut and not fenced_after
 
 
 async def test_broker_cut_for_15s_while_a_witness_takes_over(tmp_path: Path) -> None:
@@ -181,6 +185,7 @@ async def test_broker_cut_for_15s_while_a_witness_takes_over(tmp_path: Path) -> 
                 took_over_in = time.monotonic() - cut_started
                 await asyncio.sleep(max(0.0, cut_started + CUT_SECONDS - time.monotonic()))
                 taken_during_cut = list(app.received[cut_at:])
+                fenced_in_cut = sidecar.listener.fenced
                 witness_during_cut = len(witness_app.received) - witness_at_cut
                 proxy.heal()
                 healed_at = time.monotonic()
@@ -190,6 +195,7 @@ async def test_broker_cut_for_15s_while_a_witness_takes_over(tmp_path: Path) -> 
                 recovered_in = time.monotonic() - healed_at
                 await asyncio.sleep(0.5)
                 failed_commits = _sample(sidecar, 'ktp_commits_total{result="failed"}')
+                fenced_after = sidecar.listener.fenced
             dead = len(await read_topic(bootstrap, f"{topic}.dlq"))
             written = len(await read_topic(bootstrap, topic))
     window = {
@@ -205,9 +211,13 @@ async def test_broker_cut_for_15s_while_a_witness_takes_over(tmp_path: Path) -> 
     )
     assert written == n  # the producer wrote nothing twice: every duplicate is the sidecars'
     assert (result.lost, result.unexpected, dead) == (0, 0, 0)
-    # (A member that committed after losing its membership would move the group's offsets back
-    # under the witness's feet: then what the witness delivered comes again, far past this.)
+    # Past this window duplicates would come from the sidecar acting as a member it no longer
+    # was: committing after its membership was lost (the group's offsets go back under the
+    # witness's feet), or fetching from its old position the moment the connection returns
+    # (what the witness delivered comes again). Hence the fence, in place at the end of the cut
+    # and lifted once the sidecar rejoined.
     assert duplicated <= window, (ledger.duplicates(), f"sidecar's app: 127.0.0.1:{app.port}")
+    assert fenced_in_cut and not fenced_after
     assert proxy.reset_during_cut > 0 and took_over_in < CUT_SECONDS
 
 
