@@ -4,9 +4,9 @@ The package needs only opentelemetry-api. With the ``otel`` extra (``pip install
 'kafka-tenant-proxy[otel]'``: opentelemetry-sdk and the OTLP/HTTP exporter) the sidecar exports
 its spans, configured by the SDK's usual environment variables:
 
+- tracing is opt-in: on when ``OTEL_TRACES_EXPORTER`` is set (``otlp`` and/or ``console``) or
+  an OTLP endpoint is (``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``..._TRACES_ENDPOINT``, meaning otlp);
 - ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none``: no tracing;
-- ``OTEL_TRACES_EXPORTER``: ``otlp`` (default; ``OTEL_EXPORTER_OTLP_ENDPOINT`` and friends) and/or
-  ``console``;
 - ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES``: the resource (default service name
   ``ktp-sidecar``); ``OTEL_TRACES_SAMPLER``: sampling, as the SDK reads it.
 
@@ -47,9 +47,14 @@ def build_tracer_provider(environ: Mapping[str, str] | None = None) -> Any | Non
     env = os.environ if environ is None else environ
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
-    exporters = [
-        name.strip().lower() for name in env.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if name.strip()
-    ]
+    chosen = env.get("OTEL_TRACES_EXPORTER")
+    if chosen is None:
+        # Opt-in: a sidecar runs in every pod, and with the SDK's default (otlp to localhost)
+        # each would retry exports to a collector nobody runs and stall its shutdown on them.
+        if not (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+            return None
+        chosen = "otlp"
+    exporters = [name.strip().lower() for name in chosen.split(",") if name.strip()]
     if not exporters or exporters == ["none"]:
         return None
     try:

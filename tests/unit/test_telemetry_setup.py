@@ -15,10 +15,15 @@ def test_off_when_disabled_or_no_exporter() -> None:
     assert build_tracer_provider({"OTEL_TRACES_EXPORTER": "none"}) is None
 
 
-def test_otlp_by_default_with_a_service_name(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_off_unless_asked_for() -> None:
+    # A sidecar in every pod must not export to a collector nobody configured.
+    assert build_tracer_provider({}) is None
+
+
+def test_otlp_when_an_endpoint_is_set_with_a_service_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
     monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
-    provider = build_tracer_provider({})
+    provider = build_tracer_provider({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
     assert isinstance(provider, TracerProvider) and is_sdk_provider(provider)
     assert provider.resource.attributes["service.name"] == "ktp-sidecar"
     provider.shutdown()
