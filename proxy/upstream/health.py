@@ -92,13 +92,13 @@ class AppHealth:
             try:
                 async with self._session.get(self.health_url) as response:
                     return 200 <= response.status < 300
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 return False
         try:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port), PROBE_TIMEOUT
             )
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             return False
         writer.close()
         try:

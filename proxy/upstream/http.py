@@ -6,11 +6,10 @@ aiohttp was chosen by measurement on this class of machine (DESIGN.md): localhos
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import aiohttp
 
@@ -117,7 +116,7 @@ class HttpUpstream:
                 )
         except aiohttp.ClientConnectorError as exc:
             raise AppConnectError(f"cannot connect to the app at {self.url}: {exc.os_error}") from exc
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise AppTimeout(f"the app at {self.url} did not answer within {self.timeout}s") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise AppUnavailable(f"delivery to {self.url} failed: {exc!r}") from exc
