@@ -160,6 +160,9 @@ class Sidecar:
         )
         self.metrics_server = HttpServer(config.metrics_addr, metrics_routes(self._render_metrics), name="metrics")
         self._partitions: dict[TopicPartition, PartitionState] = {}
+        # Set while the route source cannot catch up: consumption is paused (see _routes_cover).
+        self._routes_behind_since: float | None = None
+        self._next_routes_try = 0.0
         self.stalls: StallDetector[TopicPartition] = StallDetector(config.stall_timeout)
         self._gauged: set[TopicPartition] = set()
         self._decisions: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=DECISIONS_KEPT)
@@ -219,8 +222,11 @@ class Sidecar:
         """Fetch, decide and dispatch until :meth:`request_stop`."""
         while not self._stopping.is_set():
             batch = await self.listener.fetch(FETCH_TIMEOUT_MS, FETCH_MAX_RECORDS)
-            if batch and self._catch_up_source is not None and not await self._routes_cover(batch):
-                continue  # stopping: the batch is abandoned uncommitted
+            if self._catch_up_source is not None:
+                if self._routes_behind_since is not None:
+                    await self._retry_routes()
+                if batch and not await self._routes_cover(batch):
+                    continue
             for tp, records in batch.items():
                 state = self._partitions.get(tp)
                 if state is not None and not state.revoked:
@@ -299,26 +305,53 @@ class Sidecar:
         Routes are judged at the record's time (DESIGN.md): a record newer than what the table is
         known to hold may belong to a route written just now, so the source catches up first (one
         cheap round trip, shared by concurrent callers, at most once per batch). Records from
-        clocks ahead of ours are decided once the catch-up returns. Returns False if stopping.
+        clocks ahead of ours are decided once the catch-up returns.
+
+        If the routes cannot be read, deciding on a table that may miss a new route could let
+        baseline and sandbox both handle (or both skip) a record. So the batch is put back (each
+        partition rewound to its first record, nothing of it tracked or committed) and every
+        partition paused until the routes are readable again; polling goes on meanwhile, so the
+        group membership and heartbeats are kept. Returns False when the batch was put back.
         """
         source = self._catch_up_source
         assert source is not None
         newest = max(records[-1].timestamp for records in batch.values())
         if newest <= source.synced_at_ms:
             return True
-        delay = KAFKA_RETRY_INITIAL
-        while not self._stopping.is_set():
+        if self._routes_behind_since is None:
             try:
                 await source.catch_up(newest)
                 return True
             except RouteSourceError as exc:
-                # Deciding on a table that may miss a new route could let baseline and sandbox
-                # both handle (or both skip) a record: hold the batch instead.
                 self.metrics.route_source_errors.inc()
-                log.warning("routes could not catch up (%s); holding the batch, retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, KAFKA_RETRY_MAX)
+                log.warning("routes could not catch up (%s); pausing consumption until they can", exc)
+                self._routes_behind_since = time.monotonic()
+                self._next_routes_try = self._routes_behind_since + KAFKA_RETRY_INITIAL
+                self.listener.pause(self.listener.assignment(), "routes_behind")
+        consumer = self.listener.consumer
+        for tp, records in batch.items():
+            if tp in self.listener.assignment():
+                consumer.seek(tp, records[0].offset)
         return False
+
+    async def _retry_routes(self) -> None:
+        """While the routes are behind: try a catch-up now and then; resume when one succeeds."""
+        source = self._catch_up_source
+        assert source is not None and self._routes_behind_since is not None
+        now = time.monotonic()
+        if now < self._next_routes_try:
+            return
+        try:
+            await source.catch_up()
+        except RouteSourceError as exc:
+            self.metrics.route_source_errors.inc()
+            waited = now - self._routes_behind_since
+            self._next_routes_try = now + min(KAFKA_RETRY_MAX, max(KAFKA_RETRY_INITIAL, waited))
+            log.warning("routes still cannot be read after %.0fs: %s", waited, exc)
+            return
+        log.info("routes readable again after %.1fs; resuming", now - self._routes_behind_since)
+        self._routes_behind_since = None
+        self.listener.resume(self.listener.assignment(), "routes_behind")
 
     # -- the hot path ----------------------------------------------------------------------------
 
@@ -363,6 +396,8 @@ class Sidecar:
                 self._partitions[tp] = PartitionState(tp)
         if not self.health.healthy:
             self.listener.pause(assigned, "app_unhealthy")
+        if self._routes_behind_since is not None:
+            self.listener.pause(assigned, "routes_behind")
         if self.config.sandbox is not None and assigned:
             await self._position_new_sandbox_group(assigned)
 
@@ -470,7 +505,7 @@ class Sidecar:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         checks = {
             "group_joined": self.listener.joined,
-            "routes_synced": self.table.synced,
+            "routes_synced": self.table.synced and self._routes_behind_since is None,
             "app_healthy": self.health.healthy,
             "stopping": self._stopping.is_set(),
         }
