@@ -25,7 +25,7 @@ import pytest
 from proxy.injector.config import InjectorConfig
 from proxy.injector.server import InjectorServer
 from tests.k8s import kube
-from tests.k8s.certs import CertFiles, make_certs
+from proxy.testing.tls import Pki, make_pki
 from tests.k8s.pods import ANNOTATIONS, EXPECTED_PATCH, TEMPLATE, admission_review, consumer_pod
 
 
@@ -34,15 +34,15 @@ def client_tls(ca: Path) -> ssl.SSLContext:
 
 
 @pytest.fixture
-def certs(tmp_path: Path) -> CertFiles:
-    return make_certs(tmp_path / "tls")
+def certs(tmp_path: Path) -> Pki:
+    return make_pki(tmp_path / "tls")
 
 
 @pytest.fixture
-async def injector(certs: CertFiles) -> AsyncIterator[InjectorServer]:
+async def injector(certs: Pki) -> AsyncIterator[InjectorServer]:
     config = InjectorConfig(
-        tls_certfile=str(certs.cert),
-        tls_keyfile=str(certs.key),
+        tls_certfile=str(certs.server.cert),
+        tls_keyfile=str(certs.server.key),
         template=TEMPLATE,
         listen=("127.0.0.1", 0),
         metrics_addr=("127.0.0.1", 0),
@@ -63,7 +63,7 @@ async def post_review(server: InjectorServer, ca: Path, body: Any) -> tuple[int,
 
 
 async def test_annotated_pod_gets_exactly_the_expected_patch(
-    injector: InjectorServer, certs: CertFiles
+    injector: InjectorServer, certs: Pki
 ) -> None:
     pod = consumer_pod()
     status, body = await post_review(injector, certs.ca, admission_review(pod, uid="3f1c"))
@@ -93,7 +93,7 @@ async def test_annotated_pod_gets_exactly_the_expected_patch(
     ids=["unannotated", "other-annotations", "already-injected"],
 )
 async def test_pods_pass_unchanged(
-    injector: InjectorServer, certs: CertFiles, pod: dict[str, Any]
+    injector: InjectorServer, certs: Pki, pod: dict[str, Any]
 ) -> None:
     status, body = await post_review(injector, certs.ca, admission_review(pod, uid="u-2"))
     assert status == 200
@@ -101,7 +101,7 @@ async def test_pods_pass_unchanged(
 
 
 async def test_bad_annotation_is_refused_with_its_name(
-    injector: InjectorServer, certs: CertFiles
+    injector: InjectorServer, certs: Pki
 ) -> None:
     pod = consumer_pod({**ANNOTATIONS, "kafka-tenant-proxy.io/max-attempts": "many"})
     status, body = await post_review(injector, certs.ca, admission_review(pod, uid="u-3"))
@@ -111,7 +111,7 @@ async def test_bad_annotation_is_refused_with_its_name(
     assert "kafka-tenant-proxy.io/max-attempts" in response["status"]["message"]
 
 
-async def test_garbage_is_a_400(injector: InjectorServer, certs: CertFiles) -> None:
+async def test_garbage_is_a_400(injector: InjectorServer, certs: Pki) -> None:
     assert (await post_review(injector, certs.ca, b"{not json"))[0] == 400
     status, body = await post_review(injector, certs.ca, {"apiVersion": "v1", "kind": "Pod"})
     assert status == 400 and "AdmissionReview" in body["error"]
@@ -119,18 +119,18 @@ async def test_garbage_is_a_400(injector: InjectorServer, certs: CertFiles) -> N
 
 async def test_untrusted_client_cannot_talk_to_it(injector: InjectorServer, tmp_path: Path) -> None:
     """It really is TLS: a client trusting another CA fails the handshake."""
-    other = make_certs(tmp_path / "other", ca_name="someone-else")
+    other = make_pki(tmp_path / "other")
     with pytest.raises(aiohttp.ClientConnectorCertificateError):
         await post_review(injector, other.ca, admission_review(consumer_pod()))
 
 
 async def test_renewed_certificate_is_served_without_restart(
-    injector: InjectorServer, certs: CertFiles, tmp_path: Path
+    injector: InjectorServer, certs: Pki, tmp_path: Path
 ) -> None:
-    renewed = make_certs(tmp_path / "renewed", ca_name="renewed-ca")
+    renewed = make_pki(tmp_path / "renewed")
     # Write the new pair in place, as the kubelet does when the Secret changes.
-    certs.key.write_bytes(renewed.key.read_bytes())
-    certs.cert.write_bytes(renewed.cert.read_bytes())
+    certs.server.key.write_bytes(renewed.server.key.read_bytes())
+    certs.server.cert.write_bytes(renewed.server.cert.read_bytes())
     for _ in range(100):
         try:
             status, _ = await post_review(injector, renewed.ca, admission_review(consumer_pod({})))
@@ -145,7 +145,7 @@ async def test_renewed_certificate_is_served_without_restart(
         await post_review(injector, certs.ca, admission_review(consumer_pod({})))
 
 
-async def test_metrics_count_outcomes(injector: InjectorServer, certs: CertFiles) -> None:
+async def test_metrics_count_outcomes(injector: InjectorServer, certs: Pki) -> None:
     await post_review(injector, certs.ca, admission_review(consumer_pod()))
     await post_review(injector, certs.ca, admission_review(consumer_pod({})))
     await post_review(
@@ -167,15 +167,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_ktp_injector_serve_command(certs: CertFiles) -> None:
+async def test_ktp_injector_serve_command(certs: Pki) -> None:
     """The real command, configured only by KTP_* variables as the chart does, stops on SIGTERM."""
     port = free_port()
     env = {
         **os.environ,
         "KTP_LISTEN": f"127.0.0.1:{port}",
         "KTP_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-        "KTP_TLS_CERTFILE": str(certs.cert),
-        "KTP_TLS_KEYFILE": str(certs.key),
+        "KTP_TLS_CERTFILE": str(certs.server.cert),
+        "KTP_TLS_KEYFILE": str(certs.server.key),
         "KTP_SIDECAR_IMAGE": TEMPLATE.image,
         "KTP_BOOTSTRAP_SERVERS": TEMPLATE.bootstrap_servers,
     }
@@ -215,7 +215,7 @@ async def test_ktp_injector_serve_command(certs: CertFiles) -> None:
             await proc.wait()
 
 
-async def test_command_refuses_bad_options(certs: CertFiles) -> None:
+async def test_command_refuses_bad_options(certs: Pki) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KTP_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -224,9 +224,9 @@ async def test_command_refuses_bad_options(certs: CertFiles) -> None:
         "injector",
         "serve",
         "--tls-certfile",
-        str(certs.cert),
+        str(certs.server.cert),
         "--tls-keyfile",
-        str(certs.key),
+        str(certs.server.key),
         "--bootstrap-servers",
         "k:9092",
         "--probes",
