@@ -75,8 +75,8 @@ def _function(frame: str) -> str:
 # (py-spy's stacks of resumed coroutines are often cut short, so rules look at every frame kept
 # rather than at a caller that may be missing.)
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("HTTP client: socket send syscall, under aiohttp's writer", ("StreamWriter._writelines (aiohttp",)),
-    ("HTTP client: aiohttp request and response code", ("(aiohttp/", "HttpUpstream.post ")),
+    ("HTTP client: request encoding, pool, connection, response parsing (proxy/upstream)",
+     ("(proxy/upstream/", "HttpUpstream.", "AppConnection.", "ResponseParser.")),
     ("delivery headers (build_headers)", ("build_headers ",)),
     ("metrics (prometheus_client)", ("prometheus_client",)),
     ("route filter: tenant, decision, skip offsets (Sidecar._handle)", ("Sidecar._handle ",)),
