@@ -178,6 +178,7 @@ async def _scenario(workdir: Path, ledger: Ledger, session: aiohttp.ClientSessio
                     auto_offset_reset="earliest",
                     admin_addr=("127.0.0.1", 0),
                     metrics_addr=("127.0.0.1", 0),
+                    publish_addr=("127.0.0.1", 0),
                     session_timeout=2.0,
                     commit_interval=0.5,
                 )

@@ -114,11 +114,14 @@ def context_files() -> list[Path]:
         for rule in rules:
             negate = rule.startswith("!")
             pattern = rule.lstrip("!").rstrip("/")
+            # Docker matches patterns from the context root; only "**/" matches at any depth
+            # (so "!README.md" keeps the top README, not benchmarks/README.md).
+            anywhere = pattern.startswith("**/")
             pattern = pattern.removeprefix("**/")
             matches = (
                 fnmatch.fnmatch(name, pattern)
                 or name.startswith(pattern + "/")
-                or fnmatch.fnmatch(Path(name).name, pattern)
+                or (anywhere and fnmatch.fnmatch(Path(name).name, pattern))
             )
             if matches:
                 included = negate
