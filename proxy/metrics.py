@@ -7,10 +7,44 @@ reasons); tenants are never labels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 PREFIX = "ktp_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class TopicCounters:
+    """The per-record counters of one topic, their label children looked up once: ``labels()``
+    validates and locks on every call, which the hot path would pay per record."""
+
+    __slots__ = ("_attempts", "_metrics", "_skipped", "consumed", "delivered", "topic")
+
+    def __init__(self, metrics: Metrics, topic: str) -> None:
+        self._metrics = metrics
+        self.topic = topic
+        self.consumed = metrics.records_consumed.labels(topic)
+        self.delivered = metrics.records_delivered.labels(topic)
+        self._skipped: dict[str, Counter] = {}
+        self._attempts: dict[str, Counter] = {}
+
+    def __repr__(self) -> str:
+        return f"TopicCounters(topic={self.topic!r})"
+
+    def skipped(self, reason: str) -> Counter:
+        """``ktp_records_skipped_total{topic, reason}``."""
+        child = self._skipped.get(reason)
+        if child is None:
+            child = self._skipped[reason] = self._metrics.records_skipped.labels(self.topic, reason)
+        return child
+
+    def attempts(self, outcome: str) -> Counter:
+        """``ktp_delivery_attempts_total{topic, outcome}``."""
+        child = self._attempts.get(outcome)
+        if child is None:
+            child = self._attempts[outcome] = self._metrics.delivery_attempts.labels(self.topic, outcome)
+        return child
 
 
 class Metrics:
@@ -90,6 +124,20 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+
+        self._topics: dict[str, TopicCounters] = {}
+
+    def topic(self, topic: str) -> TopicCounters:
+        """The per-record counters of ``topic`` (made once per topic)."""
+        counters = self._topics.get(topic)
+        if counters is None:
+            counters = self._topics[topic] = TopicCounters(self, topic)
+        return counters
+
+    def track_in_flight(self, count: Callable[[], float]) -> None:
+        """``ktp_deliveries_in_flight`` is read from ``count`` at each scrape, rather than set
+        twice per delivery."""
+        self.in_flight.set_function(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

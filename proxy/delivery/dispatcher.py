@@ -53,14 +53,13 @@ class PartitionState:
     lanes: set[Hashable] = field(default_factory=set)
     # Lanes of this partition waiting to retry; the partition is paused while any is.
     retrying: int = 0
+    # Read before every delivery: a plain attribute, the event is for waits to end on.
+    revoked: bool = field(default=False, init=False)
     _revoked: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
-
-    @property
-    def revoked(self) -> bool:
-        return self._revoked.is_set()
 
     def revoke(self) -> None:
         """Stop this partition's lanes: waits (backoff, app health) end at once."""
+        self.revoked = True
         self._revoked.set()
 
     async def sleep_unless_revoked(self, seconds: float) -> None:
@@ -120,11 +119,16 @@ class Dispatcher:
         self.ordering = ordering
         self.max_record_bytes = max_record_bytes
         self.interop = interop
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self.max_in_flight = max_in_flight
+        # Free delivery slots, and lanes waiting for one (a semaphore's acquire is a coroutine
+        # call per delivery even when a slot is free).
+        self._free = max_in_flight
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._lanes: dict[Hashable, _Lane] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_flight = 0
+        metrics.track_in_flight(lambda: self._in_flight)
 
     def __repr__(self) -> str:
         return f"Dispatcher(ordering={self.ordering!r}, lanes={len(self._lanes)}, in_flight={self._in_flight})"
@@ -186,24 +190,49 @@ class Dispatcher:
         if pending:
             await asyncio.wait(pending)
 
+    async def _slot(self) -> None:
+        """Wait for a free delivery slot (there was none)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # handed a slot just as we were cancelled: pass it on
+            elif waiter in self._slot_waiters:
+                self._slot_waiters.remove(waiter)
+            raise
+
+    def _release_slot(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes to the waiter as it is
+                return
+        self._free += 1
+
     async def _run(self, lane: _Lane) -> None:
         state = lane.state
+        queue = lane.queue
+        offsets = state.offsets
         try:
-            while lane.queue and not state.revoked:
-                record = lane.queue[0]
-                async with self._slots:
-                    self._in_flight += 1
-                    self.metrics.in_flight.set(self._in_flight)
-                    try:
-                        done = await self._deliver(state, record)
-                    finally:
-                        self._in_flight -= 1
-                        self.metrics.in_flight.set(self._in_flight)
+            while queue and not state.revoked:
+                record = queue[0]
+                if self._free:
+                    self._free -= 1
+                else:
+                    await self._slot()
+                self._in_flight += 1
+                try:
+                    done = await self._deliver(state, record)
+                finally:
+                    self._in_flight -= 1
+                    self._release_slot()
                 if not done:
                     break
-                lane.queue.popleft()
-                state.offsets.done(record.offset)
-                if state.offsets.pending <= BACKPRESSURE_LOW:
+                queue.popleft()
+                offsets.done(record.offset)
+                if offsets.pending <= BACKPRESSURE_LOW:
                     self.check_backpressure(state)
         finally:
             self._lanes.pop(lane.key, None)
@@ -214,6 +243,7 @@ class Dispatcher:
     async def _deliver(self, state: PartitionState, record: Record) -> bool:
         """Deliver one record until it is done (True) or its partition is revoked (False)."""
         topic = record.topic
+        counters = self.metrics.topic(topic)
         value = record.value
         if value is not None and len(value) > self.max_record_bytes:
             return await self._finish_undelivered(state, record, "value_too_large", 0, None)
@@ -249,7 +279,7 @@ class Dispatcher:
                     answer = await self.upstream.post(body, headers)
                 except AppConnectError as exc:
                     # The app is not listening: no attempt is spent, the health gate holds us.
-                    self.metrics.delivery_attempts.labels(topic, "connection_refused").inc()
+                    counters.attempts("connection_refused").inc()
                     self.health.mark_unhealthy(str(exc))
                     continue
                 except AppTimeout:
@@ -260,11 +290,11 @@ class Dispatcher:
                     status = answer.status
                     self.metrics.delivery_duration.observe(answer.seconds)
                     verdict = classify(answer.status, answer.body, answer.content_type)
-                    retry_after = parse_retry_after(answer.retry_after, time.time())
+                    retry_after = parse_retry_after(answer.retry_after, time.time()) if answer.retry_after else None
                 attempts += 1
-                self.metrics.delivery_attempts.labels(topic, verdict.reason).inc()
+                counters.attempts(verdict.reason).inc()
                 if verdict.outcome is Outcome.DONE:
-                    self.metrics.records_delivered.labels(topic).inc()
+                    counters.delivered.inc()
                     return True
                 if verdict.outcome is Outcome.DROP:
                     self.metrics.records_dropped.labels(topic, verdict.reason).inc()

@@ -44,6 +44,9 @@ class Verdict:
     reason: str
 
 
+OK = Verdict(Outcome.DONE, "ok")  # the answer to nearly every delivery: not made anew each time
+
+
 def classify(status: int, body: bytes = b"", content_type: str = "") -> Verdict:
     """Classify an app's HTTP answer."""
     if 200 <= status < 300:
@@ -53,7 +56,7 @@ def classify(status: int, body: bytes = b"", content_type: str = "") -> Verdict:
                 return Verdict(Outcome.RETRY, "app_retry")
             if answer == "DROP":
                 return Verdict(Outcome.DROP, "app_drop")
-        return Verdict(Outcome.DONE, "ok")
+        return OK
     if status in RETRIED_STATUSES or 500 <= status < 600:
         return Verdict(Outcome.RETRY, f"http_{status}")
     return Verdict(Outcome.DEAD_LETTER, f"http_{status}")

@@ -159,6 +159,12 @@ class RouteTable:
             route = history.routes[index]
         return None if route.deleted else route
 
+    def last_change(self, tenant: str) -> int | None:
+        """When ``tenant``'s latest route took effect (None if never known): every record from
+        then on is decided by that route, until the table changes."""
+        history = self._tenants.get(tenant)
+        return None if history is None else history.times[-1]
+
     def sandbox_for(self, tenant: str, service: str, at_ms: int) -> str | None:
         """The sandbox ``tenant`` routes ``service`` to at ``at_ms``; None means baseline."""
         route = self.route_at(tenant, at_ms)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from proxy.routing.filter import Deliver, RouteFilter, Skip
 from proxy.routing.table import Route, RouteTable
-from proxy.routing.tenant import TenantLookup
+from proxy.routing.tenant import TenantExtractor, TenantLookup
 
 SERVICE = "orders-worker"
 
@@ -74,3 +74,39 @@ def test_exactly_one_version_delivers(history: list, tenant: str | None, at: int
     versions = [RouteFilter(SERVICE, x, table) for x in (None, "pr-1", "pr-2", "pr-3")]
     delivered = [f.sandbox for f in versions if f.decide(TenantLookup(tenant), at).deliver]
     assert len(delivered) == 1, delivered
+
+
+@settings(max_examples=500)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("route"), st.sampled_from(["a", "b", "c"]),
+                      st.dictionaries(services, sandboxes, max_size=2), st.integers(0, 100)),
+            st.tuples(st.just("record"), st.sampled_from(["a", "b", "c", None, "\xff"]), st.integers(0, 120)),
+        ),
+        max_size=40,
+    ),
+    st.sampled_from([None, "pr-1", "pr-2"]),
+)
+def test_memoized_decisions_are_the_rule_at_every_step(steps: list, sandbox: str | None) -> None:
+    """decide_record (memoized by header, per table version, per record time) answers exactly
+    what the rule answers for the same record, however routes and records interleave."""
+    table = RouteTable()
+    memoized = RouteFilter(SERVICE, sandbox, table)
+    fresh_extractor = TenantExtractor()
+    for step in steps:
+        if step[0] == "route":
+            _, tenant, routes, when = step
+            table.apply(Route.build(tenant, routes, when))
+            continue
+        _, tenant, at = step
+        if tenant is None:
+            headers: list[tuple[str, bytes]] = [("traceparent", b"00-1-2-01")]
+        elif tenant == "\xff":
+            headers = [("Baggage", b"tenant=\xff")]
+        else:
+            headers = [("traceparent", b"00-1-2-01"), ("baggage", f"tenant={tenant},x=y".encode())]
+        expected = memoized.decide(fresh_extractor.from_headers(headers), at)
+        got = memoized.decide_record(headers, at)
+        assert got.decision == expected and got.deliver is expected.deliver
+        assert got.lookup == fresh_extractor.from_headers(headers)

@@ -10,8 +10,8 @@ from proxy.listener.offsets import PartitionOffsets
 
 def test_skips_with_nothing_outstanding_move_the_position() -> None:
     offsets = PartitionOffsets()
-    offsets.done_now(0)
-    offsets.done_now(1)
+    offsets.fetched_through(0)
+    offsets.fetched_through(1)
     assert offsets.position == 2 and offsets.dirty
     offsets.mark_committed(2)
     assert not offsets.dirty
@@ -20,11 +20,12 @@ def test_skips_with_nothing_outstanding_move_the_position() -> None:
 def test_gap_holds_the_position() -> None:
     offsets = PartitionOffsets()
     offsets.begin(10)
-    offsets.done_now(11)
+    offsets.fetched_through(11)
     offsets.begin(12)
     offsets.done(12)
-    # Nothing is done past the first fetched record: the position stays at it.
-    assert offsets.position == 10 and offsets.pending == 3
+    # Nothing is done past the first fetched record: the position stays at it. The skipped
+    # record is done and not tracked; the delivered one waits for the first.
+    assert offsets.position == 10 and offsets.pending == 2
     offsets.done(10)
     assert offsets.position == 13 and offsets.pending == 0
 
@@ -63,18 +64,40 @@ def test_position_is_first_not_done(data: st.DataObject) -> None:
             offsets.begin(offset)
             outstanding.append(offset)
         else:
-            offsets.done_now(offset)
+            offsets.fetched_through(offset)
             done.add(offset)
     order = data.draw(st.permutations(outstanding))
     for offset in order:
         offsets.done(offset)
         done.add(offset)
         not_done = [o for o in positions if o not in done]
-        if not_done:
-            first = not_done[0]
-            expected = max((o for o in positions if o < first), default=None)
-            # Below the first fetched record everything is done (committed, reset or sought).
-            assert offsets.position == (positions[0] if expected is None else expected + 1)
-        else:
-            assert offsets.position == positions[-1] + 1
+        # Everything below the first record not done is done (below the first fetched record:
+        # committed, reset or sought), and nothing at or after it is committed.
+        assert offsets.position == (not_done[0] if not_done else positions[-1] + 1)
     assert offsets.position == positions[-1] + 1 and offsets.pending == 0
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_batches_of_skips_marked_once_give_the_same_positions(data: st.DataObject) -> None:
+    """The sidecar tracks delivered records one by one and a batch's skips with one
+    fetched_through at its end: positions are the same as marking each skip as it comes."""
+    n = data.draw(st.integers(1, 60))
+    delivered = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    cuts = sorted(data.draw(st.sets(st.integers(1, n - 1), max_size=5))) if n > 1 else []
+    each, batched = PartitionOffsets(), PartitionOffsets()
+    start = 0
+    for end in [*cuts, n]:
+        for offset in range(start, end):
+            if delivered[offset]:
+                each.begin(offset)
+                batched.begin(offset)
+            else:
+                each.fetched_through(offset)
+        batched.fetched_through(end - 1)
+        assert batched.position == each.position
+        start = end
+    for offset in data.draw(st.permutations([o for o in range(n) if delivered[o]])):
+        each.done(offset)
+        batched.done(offset)
+        assert batched.position == each.position

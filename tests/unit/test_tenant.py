@@ -8,7 +8,7 @@ from opentelemetry import baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 
-from proxy.routing.tenant import CACHE_SIZE, TenantExtractor
+from proxy.routing.tenant import CACHE_BYTES, CACHE_SIZE, TenantExtractor, TenantLookup
 
 
 def test_reads_the_tenant_key_among_other_members() -> None:
@@ -54,7 +54,35 @@ def test_cache_is_bounded() -> None:
     extractor = TenantExtractor()
     for i in range(CACHE_SIZE + 10):
         assert extractor.from_baggage(f"tenant={i}".encode()).tenant == str(i)
-    assert len(extractor._cache) <= CACHE_SIZE
+    assert len(extractor) <= CACHE_SIZE
+
+
+def test_cache_is_bounded_in_bytes() -> None:
+    extractor = TenantExtractor()
+    for i in range(1000):
+        assert extractor.from_baggage(f"tenant={i},pad={'x' * 8000}".encode()).tenant == str(i)
+    cached = [*extractor._cache, *extractor._old]
+    assert sum(len(raw) for raw in cached) <= CACHE_BYTES + 8192
+
+
+def test_active_tenants_stay_cached_while_a_flood_passes() -> None:
+    """A few busy tenants among many one-off headers: the busy ones are parsed once."""
+    parses = 0
+
+    class Counting(TenantExtractor):
+        __slots__ = ()
+
+        def _parse(self, raw: bytes) -> TenantLookup:
+            nonlocal parses
+            parses += 1
+            return super()._parse(raw)
+
+    extractor = Counting()
+    active = [f"tenant=busy-{i}".encode() for i in range(100)]
+    for n in range(20 * CACHE_SIZE):
+        extractor.from_baggage(active[n % len(active)])
+        extractor.from_baggage(f"tenant=once-{n}".encode())
+    assert parses == len(active) + 20 * CACHE_SIZE
 
 
 def _propagator_tenant(header: str) -> str | None:
