@@ -44,7 +44,10 @@ NEVER_FORWARDED = frozenset(
 )
 RESERVED_PREFIXES = ("kafka-", "ktp-", "proxy-")
 
-_FIELD_VALUE = re.compile(rb"^[\x20-\x7e\t]*$")
+# Visible ASCII, SP and HTAB, without SP or HTAB at either end (or empty): one regex pass.
+_FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?")
+# What quote(key, safe="") leaves as it is: such a key is its own encoding.
+_UNRESERVED = re.compile(rb"[A-Za-z0-9_.~-]*")
 # content-type must look like a media type, not just any field value.
 _MEDIA_TYPE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*;[\x20-\x7e\t]*)?$")
 
@@ -95,16 +98,32 @@ def forwarded_header_names(propagators: str | None = None, extra: Iterable[str] 
 
 def valid_field_value(raw: bytes) -> bool:
     """RFC 9110 field-value limited to visible ASCII, SP and HTAB, at most 8 KiB, no edge spaces."""
-    return (
-        len(raw) <= MAX_HEADER_VALUE
-        and _FIELD_VALUE.fullmatch(raw) is not None
-        and raw == raw.strip(b" \t")
-    )
+    return len(raw) <= MAX_HEADER_VALUE and _FIELD_VALUE.fullmatch(raw) is not None
 
 
 def encode_key(key: bytes) -> str:
     """``kafka-key`` value: the key bytes percent-encoded (RFC 3986 unreserved kept)."""
+    if _UNRESERVED.fullmatch(key) is not None:
+        return key.decode("ascii")
     return quote(key, safe="")
+
+
+# Record header name -> its lower-case form if a header of that name may be copied at all, else
+# None (not ASCII, or never forwarded). Producers use a handful of names: each is checked once.
+# Bounded, so records with ever new names cannot grow it.
+_COPYABLE: dict[str, str | None] = {}
+_COPYABLE_MAX = 1024
+_UNKNOWN = ""  # no real name is empty
+
+
+def _copyable(name: str) -> str | None:
+    # allowlisted names are ASCII tokens; lower() could fold a look-alike (KELVIN SIGN) into one
+    lowered = name.lower() if name.isascii() else None
+    if lowered is not None and never_forwarded(lowered):
+        lowered = None
+    if len(_COPYABLE) < _COPYABLE_MAX:
+        _COPYABLE[name] = lowered
+    return lowered
 
 
 def build_headers(
@@ -130,11 +149,12 @@ def build_headers(
         headers["kafka-key"] = encode_key(key)
     rejected: list[str] = []
     seen: set[str] = set()
+    copyable = _COPYABLE
     for name, value in record_headers:
-        if not name.isascii():
-            continue  # allowlisted names are ASCII tokens; lower() could fold a look-alike into one
-        lowered = name.lower()
-        if lowered in seen or never_forwarded(lowered):
+        lowered = copyable.get(name, _UNKNOWN)
+        if lowered == _UNKNOWN:
+            lowered = _copyable(name)
+        if lowered is None or lowered in seen:
             continue  # first occurrence wins, as for the propagators
         if lowered == "content-type":
             seen.add(lowered)
@@ -145,7 +165,7 @@ def build_headers(
                 rejected.append(lowered)
         elif lowered in forwarded:
             seen.add(lowered)
-            if value is not None and valid_field_value(value):
+            if value is not None and len(value) <= MAX_HEADER_VALUE and _FIELD_VALUE.fullmatch(value) is not None:
                 headers[lowered] = value.decode("ascii")
             else:
                 rejected.append(lowered)

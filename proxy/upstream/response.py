@@ -84,6 +84,83 @@ def _tokens(value: str) -> list[str]:
     return [item.strip(" \t").lower() for item in value.split(",")]
 
 
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """What a response head says: its status and fields, how its body is framed (the parser
+    state to read it with, and its length for ``_LENGTH``), and whether the connection may be
+    reused after it. ``interim`` for a 1xx."""
+
+    status: int
+    headers: Mapping[str, str]
+    state: int
+    length: int
+    keep_alive: bool
+    interim: bool = False
+
+
+# Parsed heads by their bytes: an app answers most deliveries with the same head (or one that
+# changes once a second, with a Date field), so it is parsed once. Bounded in entries, and only
+# short heads are kept; the header mappings are shared between answers, read-only.
+_HEADS: dict[bytes, _Head] = {}
+_HEADS_MAX = 256
+_HEAD_CACHED_BYTES = 512
+_INTERIM = _Head(100, {}, _HEAD, 0, True, interim=True)
+
+
+def _parse_head(head: bytes) -> _Head:
+    """Parse a status line and header fields (RFC 9112, as the module doc says)."""
+    if _BAD_HEAD_BYTES.search(head) is not None:
+        raise ProtocolError("control characters or a bare CR/LF in the response head")
+    lines = head.split(b"\r\n")
+    line = lines[0]
+    if len(line) < 12 or line[:7] != b"HTTP/1." or line[7] not in b"01" or line[8:9] != b" ":
+        raise ProtocolError(f"invalid status line {line[:40]!r}")
+    code = line[9:12]
+    if not code.isdigit() or (len(line) > 12 and line[12:13] != b" "):
+        raise ProtocolError(f"invalid status line {line[:40]!r}")
+    status = int(code)
+    if not 100 <= status <= 599:
+        raise ProtocolError(f"invalid status code {status}")
+    headers: dict[str, str] = {}
+    for field in lines[1:]:
+        raw_name, colon, raw_value = field.partition(b":")
+        if not colon:
+            raise ProtocolError(f"invalid header field {field[:40]!r}")
+        name = _name(raw_name)  # a folded line starts with SP/HTAB: not a token, refused
+        value = raw_value.strip(b" \t").decode("latin-1")
+        previous = headers.get(name)
+        headers[name] = value if previous is None else f"{previous}, {value}"
+    if 100 <= status < 200:
+        if status == 101:
+            raise ProtocolError("101 Switching Protocols, which was not asked for")
+        return _INTERIM
+    connection = headers.get("connection")
+    tokens = _tokens(connection) if connection is not None else []
+    keep_alive = not ("close" in tokens or (line[7] == 0x30 and "keep-alive" not in tokens))  # 0x30: HTTP/1.0
+    encoding = headers.get("transfer-encoding")
+    length = headers.get("content-length")
+    if status in NO_BODY_STATUSES:
+        return _Head(status, headers, _HEAD, 0, keep_alive)
+    if encoding is not None:
+        codings = _tokens(encoding)
+        if codings.count("chunked") > 1 or ("chunked" in codings and codings[-1] != "chunked"):
+            raise ProtocolError(f"invalid transfer-encoding {encoding[:40]!r}")
+        if codings[-1] == "chunked":
+            # With a content-length too, the framing is in doubt: not reused after.
+            return _Head(status, headers, _CHUNK_SIZE_LINE, 0, keep_alive and length is None)
+        return _Head(status, headers, _UNTIL_CLOSE, 0, False)
+    if length is not None:
+        values = {item.strip(" \t") for item in length.split(",")}
+        if len(values) != 1:
+            raise ProtocolError(f"conflicting content-length {length[:40]!r}")
+        (text,) = values
+        if _DIGITS.fullmatch(text.encode("latin-1")) is None:
+            raise ProtocolError(f"invalid content-length {length[:40]!r}")
+        size = int(text)
+        return _Head(status, headers, _LENGTH if size else _HEAD, size, keep_alive)
+    return _Head(status, headers, _UNTIL_CLOSE, 0, False)
+
+
 class ResponseParser:
     """Reads the responses of one connection; see the module doc."""
 
@@ -108,7 +185,7 @@ class ResponseParser:
         self._state = _HEAD
         self._remaining = 0
         self._status = 0
-        self._headers: dict[str, str] = {}
+        self._headers: Mapping[str, str] = {}
         self._kept = b""
         self._drained = 0
         self._keep_alive = True
@@ -212,64 +289,21 @@ class ResponseParser:
         raise ProtocolError("the connection was closed in the middle of the answer")
 
     def _head(self, head: bytes) -> bool:
-        """Parse a status line and header fields; set the body state. True for a 1xx."""
-        if _BAD_HEAD_BYTES.search(head) is not None:
-            raise ProtocolError("control characters or a bare CR/LF in the response head")
-        lines = head.split(b"\r\n")
-        line = lines[0]
-        if len(line) < 12 or line[:7] != b"HTTP/1." or line[7] not in b"01" or line[8:9] != b" ":
-            raise ProtocolError(f"invalid status line {line[:40]!r}")
-        code = line[9:12]
-        if not code.isdigit() or (len(line) > 12 and line[12:13] != b" "):
-            raise ProtocolError(f"invalid status line {line[:40]!r}")
-        status = int(code)
-        if not 100 <= status <= 599:
-            raise ProtocolError(f"invalid status code {status}")
-        headers: dict[str, str] = {}
-        for field in lines[1:]:
-            raw_name, colon, raw_value = field.partition(b":")
-            if not colon:
-                raise ProtocolError(f"invalid header field {field[:40]!r}")
-            name = _name(raw_name)  # a folded line starts with SP/HTAB: not a token, refused
-            value = raw_value.strip(b" \t").decode("latin-1")
-            previous = headers.get(name)
-            headers[name] = value if previous is None else f"{previous}, {value}"
-        if 100 <= status < 200:
-            if status == 101:
-                raise ProtocolError("101 Switching Protocols, which was not asked for")
+        """Take a status line and header fields; set the body state. True for a 1xx."""
+        parsed = _HEADS.get(head)
+        if parsed is None:
+            parsed = _parse_head(head)
+            if len(head) <= _HEAD_CACHED_BYTES:
+                if len(_HEADS) >= _HEADS_MAX:
+                    _HEADS.clear()
+                _HEADS[head] = parsed
+        if parsed.interim:
             return True
-        self._status = status
-        self._headers = headers
-        connection = headers.get("connection")
-        tokens = _tokens(connection) if connection is not None else []
-        if "close" in tokens or (line[7] == 0x30 and "keep-alive" not in tokens):  # b"0": HTTP/1.0
-            self._keep_alive = False
-        encoding = headers.get("transfer-encoding")
-        length = headers.get("content-length")
-        if status in NO_BODY_STATUSES:
-            self._state = _HEAD
-        elif encoding is not None:
-            codings = _tokens(encoding)
-            if codings.count("chunked") > 1 or ("chunked" in codings and codings[-1] != "chunked"):
-                raise ProtocolError(f"invalid transfer-encoding {encoding[:40]!r}")
-            if length is not None:
-                self._keep_alive = False
-            if codings[-1] == "chunked":
-                self._state = _CHUNK_SIZE_LINE
-            else:
-                self._state = _UNTIL_CLOSE
-                self._keep_alive = False
-        elif length is not None:
-            values = {item.strip(" \t") for item in length.split(",")}
-            if len(values) != 1:
-                raise ProtocolError(f"conflicting content-length {length[:40]!r}")
-            (text,) = values
-            if _DIGITS.fullmatch(text.encode("latin-1")) is None:
-                raise ProtocolError(f"invalid content-length {length[:40]!r}")
-            self._remaining = int(text)
-            self._state = _LENGTH if self._remaining else _HEAD
-        else:
-            self._state = _UNTIL_CLOSE
+        self._status = parsed.status
+        self._headers = parsed.headers
+        self._state = parsed.state
+        self._remaining = parsed.length
+        if not parsed.keep_alive:
             self._keep_alive = False
         return False
 

@@ -74,3 +74,17 @@ def test_no_record_can_inject(record_headers: list[tuple[str, bytes]], key: byte
         assert not any(c in value for c in "\r\n\x00")
     if key is not None:
         assert unquote_to_bytes(headers["kafka-key"]) == key
+
+
+@settings(max_examples=2000)
+@given(st.binary(max_size=40) | st.text(" \t!~azAZ09\x7f\x80", max_size=20).map(str.encode))
+def test_field_values_and_keys_match_their_definitions(raw: bytes) -> None:
+    """The one-regex checks agree with the rules as written (visible ASCII, SP, HTAB, no edge
+    whitespace; kafka-key percent-encoded with RFC 3986 unreserved kept)."""
+    from urllib.parse import quote
+
+    from proxy.delivery.headers import encode_key
+
+    expected = all(0x20 <= b <= 0x7E or b == 0x09 for b in raw) and raw == raw.strip(b" \t")
+    assert valid_field_value(raw) is expected
+    assert encode_key(raw) == quote(raw, safe="")
