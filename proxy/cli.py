@@ -55,7 +55,9 @@ def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     return uvloop.run(inside_loop())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``ktp`` parser; with ``only``, just that command's (a sidecar in every pod need not
+    load the route service, the injector and the demo: about a megabyte of memory each time)."""
     parser = argparse.ArgumentParser(
         prog="ktp",
         description="kafka-tenant-proxy: per-tenant routing of Kafka records to baseline and sandbox consumers",
@@ -64,13 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     import importlib
 
-    for module_name, _ in COMMANDS:
-        importlib.import_module(module_name).register(subparsers)
+    for module_name, command in COMMANDS:
+        if only is None or command == only:
+            importlib.import_module(module_name).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The command is the first word (ktp's own options are --help and --version only).
+    named = next((word for word in argv if not word.startswith("-")), None)
+    parser = build_parser(named if named in {command for _, command in COMMANDS} else None)
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:

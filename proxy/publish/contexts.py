@@ -17,19 +17,32 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable
 
 DEFAULT_GRACE = 30.0
 MAX_FINISHED = 16384
+# Context values shared between entries (see DeliveryContexts) and how many distinct ones.
+SHARED_FIELD = "baggage"
+MAX_SHARED = 1024
 
 Context = tuple[tuple[str, str], ...]
 
 
 class DeliveryContexts:
-    """Bounded map of delivery id → context headers, for deliveries in flight and recently done."""
+    """Bounded map of delivery id → context headers, for deliveries in flight and recently done.
 
-    __slots__ = ("_clock", "_counter", "_finished", "_next_expiry", "_open", "_prefix", "grace", "max_finished")
+    Kept compact, since a busy sidecar holds ``max_finished`` of them: entries are keyed by the
+    id's counter, a context is stored as one flat tuple of names and values, a ``baggage`` value
+    (the same for every record of a tenant) is shared between entries, and finished entries
+    expire in the order they finished (the grace is the same for all), tracked by two deques
+    rather than a timestamp tuple per entry.
+    """
+
+    __slots__ = (
+        "_baggage", "_clock", "_closed_at", "_counter", "_finished", "_open", "_order", "_prefix", "grace",
+        "max_finished",
+    )
 
     def __init__(
         self,
@@ -41,12 +54,16 @@ class DeliveryContexts:
         self.grace = grace
         self.max_finished = max_finished
         self._clock = clock
-        self._prefix = secrets.token_hex(4)
+        self._prefix = secrets.token_hex(4) + "-"
         self._counter = 0
-        self._open: dict[str, Context] = {}
-        # id → (expiry, context), in order of expiry (grace is the same for all).
-        self._finished: OrderedDict[str, tuple[float, Context]] = OrderedDict()
-        self._next_expiry = float("inf")  # of the oldest finished entry
+        # counter -> (name, value, name, value, ...)
+        self._open: dict[int, tuple[str, ...]] = {}
+        self._finished: dict[int, tuple[str, ...]] = {}
+        # Finished counters in the order they finished, and when each did.
+        self._order: deque[int] = deque()
+        self._closed_at: deque[float] = deque()
+        # One string per distinct baggage value (bounded: started over when full).
+        self._baggage: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return (
@@ -60,46 +77,60 @@ class DeliveryContexts:
     def open(self, context: Context) -> str:
         """Register a delivery about to be sent; returns its id."""
         self._counter += 1
-        delivery_id = f"{self._prefix}-{self._counter}"
-        self._open[delivery_id] = context
-        return delivery_id
+        flat: list[str] = []
+        for name, value in context:
+            if name == SHARED_FIELD:
+                shared = self._baggage.get(value)
+                if shared is None:
+                    if len(self._baggage) >= MAX_SHARED:
+                        self._baggage.clear()
+                    shared = self._baggage[value] = value
+                value = shared
+            flat += (name, value)
+        self._open[self._counter] = tuple(flat)
+        return f"{self._prefix}{self._counter}"
 
     def close(self, delivery_id: str) -> None:
         """The delivery is done (or abandoned): its context stays usable for ``grace`` seconds."""
-        context = self._open.pop(delivery_id, None)
-        if context is None:
+        number = self._number(delivery_id)
+        flat = self._open.pop(number, None) if number is not None else None
+        if flat is None or number is None:
+            return
+        if self.grace <= 0 or self.max_finished <= 0:
             return
         now = self._clock()
-        if now > self._next_expiry:
-            self._prune(now)
-        if self.grace > 0 and self.max_finished > 0:
-            finished = self._finished
-            if not finished:
-                self._next_expiry = now + self.grace
-            finished[delivery_id] = (now + self.grace, context)
-            if len(finished) > self.max_finished:
-                finished.popitem(last=False)
-                self._next_expiry = next(iter(finished.values()))[0]
+        self._prune(now)
+        self._finished[number] = flat
+        self._order.append(number)
+        self._closed_at.append(now)
+        if len(self._order) > self.max_finished:
+            self._closed_at.popleft()
+            del self._finished[self._order.popleft()]
 
     def get(self, delivery_id: str) -> Context | None:
         """The context of a delivery in flight or within its grace; None if unknown or expired."""
-        context = self._open.get(delivery_id)
-        if context is not None:
-            return context
-        entry = self._finished.get(delivery_id)
-        if entry is None:
+        number = self._number(delivery_id)
+        if number is None:
             return None
-        if entry[0] < self._clock():
+        flat = self._open.get(number)
+        if flat is None:
             self._prune(self._clock())
+            flat = self._finished.get(number)
+            if flat is None:
+                return None
+        return tuple(zip(flat[::2], flat[1::2]))
+
+    def _number(self, delivery_id: str) -> int | None:
+        """The counter of one of our ids, else None."""
+        if not delivery_id.startswith(self._prefix):
             return None
-        return entry[1]
+        digits = delivery_id[len(self._prefix) :]
+        return int(digits) if digits.isdigit() and digits.isascii() else None
 
     def _prune(self, now: float) -> None:
-        finished = self._finished
-        while finished:
-            expiry = next(iter(finished.values()))[0]
-            if expiry >= now:
-                self._next_expiry = expiry
-                return
-            finished.popitem(last=False)
-        self._next_expiry = float("inf")
+        """Drop finished entries whose grace is over."""
+        closed_at, order, finished = self._closed_at, self._order, self._finished
+        deadline = now - self.grace
+        while closed_at and closed_at[0] < deadline:
+            closed_at.popleft()
+            del finished[order.popleft()]
