@@ -3,48 +3,111 @@
 Each sidecar owns a :class:`Metrics` with its own registry, so several sidecars in one process
 (tests, the demo) do not share counters. Label values are bounded sets (topics, partitions,
 reasons); tenants are never labels.
+
+The counters counted per record or per delivery (:class:`TopicCounters`) and the delivery
+duration histogram are added up in plain numbers and handed to prometheus_client when the
+metrics are rendered (:meth:`Metrics.render`, i.e. at each scrape): a prometheus_client
+increment validates and takes a lock, several times the cost of the addition itself, and the
+deliver path did a handful per record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 PREFIX = "ktp_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DELIVERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class BufferedCounter:
+    """One labelled counter's increments, added up here and given to the counter at scrape time
+    (:meth:`flush`)."""
+
+    __slots__ = ("_child", "count")
+
+    def __init__(self, child: Counter) -> None:
+        self._child = child
+        self.count = 0.0
+
+    def __repr__(self) -> str:
+        return f"BufferedCounter(pending={self.count})"
+
+    def inc(self, amount: float = 1) -> None:
+        self.count += amount
+
+    def flush(self) -> None:
+        if self.count:
+            self._child.inc(self.count)
+            self.count = 0.0
+
+
+class DurationHistogram(Collector):
+    """A histogram without labels whose observations are counted in plain numbers and exposed
+    by :meth:`collect` (the registry calls it at each scrape)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(float(b) for b in buckets)
+        # One count per bucket (a value falls in the first whose bound is >= it), then +Inf.
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def __repr__(self) -> str:
+        return f"DurationHistogram({self.name!r}, count={sum(self.counts)})"
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts):
+            cumulative += count
+            # The label as prometheus_client writes it (Go's float format): 0.0005, 1.0, +Inf.
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(cumulative)))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self.sum)
 
 
 class TopicCounters:
-    """The per-record counters of one topic, their label children looked up once: ``labels()``
-    validates and locks on every call, which the hot path would pay per record."""
+    """The per-record counters of one topic: label children looked up once (``labels()``
+    validates and locks on every call) and buffered (see the module doc)."""
 
     __slots__ = ("_attempts", "_metrics", "_skipped", "consumed", "delivered", "topic")
 
     def __init__(self, metrics: Metrics, topic: str) -> None:
         self._metrics = metrics
         self.topic = topic
-        self.consumed = metrics.records_consumed.labels(topic)
-        self.delivered = metrics.records_delivered.labels(topic)
-        self._skipped: dict[str, Counter] = {}
-        self._attempts: dict[str, Counter] = {}
+        self.consumed = metrics.buffered(metrics.records_consumed.labels(topic))
+        self.delivered = metrics.buffered(metrics.records_delivered.labels(topic))
+        self._skipped: dict[str, BufferedCounter] = {}
+        self._attempts: dict[str, BufferedCounter] = {}
 
     def __repr__(self) -> str:
         return f"TopicCounters(topic={self.topic!r})"
 
-    def skipped(self, reason: str) -> Counter:
+    def skipped(self, reason: str) -> BufferedCounter:
         """``ktp_records_skipped_total{topic, reason}``."""
-        child = self._skipped.get(reason)
-        if child is None:
-            child = self._skipped[reason] = self._metrics.records_skipped.labels(self.topic, reason)
-        return child
+        counter = self._skipped.get(reason)
+        if counter is None:
+            m = self._metrics
+            counter = self._skipped[reason] = m.buffered(m.records_skipped.labels(self.topic, reason))
+        return counter
 
-    def attempts(self, outcome: str) -> Counter:
+    def attempts(self, outcome: str) -> BufferedCounter:
         """``ktp_delivery_attempts_total{topic, outcome}``."""
-        child = self._attempts.get(outcome)
-        if child is None:
-            child = self._attempts[outcome] = self._metrics.delivery_attempts.labels(self.topic, outcome)
-        return child
+        counter = self._attempts.get(outcome)
+        if counter is None:
+            m = self._metrics
+            counter = self._attempts[outcome] = m.buffered(m.delivery_attempts.labels(self.topic, outcome))
+        return counter
 
 
 class Metrics:
@@ -83,12 +146,10 @@ class Metrics:
             ["topic", "outcome"],
             registry=r,
         )
-        self.delivery_duration = Histogram(
-            PREFIX + "delivery_duration_seconds",
-            "Time of one POST to the app, answer included.",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=r,
+        self.delivery_duration = DurationHistogram(
+            PREFIX + "delivery_duration_seconds", "Time of one POST to the app, answer included.", DELIVERY_BUCKETS
         )
+        r.register(self.delivery_duration)
         self.dead_letters = Counter(
             PREFIX + "dead_letters", "Records written to the dead-letter topic.", ["topic", "reason"], registry=r
         )
@@ -126,6 +187,7 @@ class Metrics:
         )
 
         self._topics: dict[str, TopicCounters] = {}
+        self._buffered: list[BufferedCounter] = []
 
     def topic(self, topic: str) -> TopicCounters:
         """The per-record counters of ``topic`` (made once per topic)."""
@@ -139,5 +201,14 @@ class Metrics:
         twice per delivery."""
         self.in_flight.set_function(count)
 
+    def buffered(self, child: Counter) -> BufferedCounter:
+        """A buffered counter for ``child``, flushed by :meth:`render`."""
+        counter = BufferedCounter(child)
+        self._buffered.append(counter)
+        return counter
+
     def render(self) -> bytes:
+        """The Prometheus text exposition, buffered counts included."""
+        for counter in self._buffered:
+            counter.flush()
         return generate_latest(self.registry)

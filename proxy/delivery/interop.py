@@ -108,7 +108,7 @@ class DeliveryInterop:
                 for name in propagation.written_fields:
                     if name in carrier:
                         headers[name] = carrier[name]
-        delivery_id = self.contexts.open(tuple((n, headers[n]) for n in self._fields if n in headers))
+        delivery_id = self.contexts.open_headers(headers, self._fields)
         headers[DELIVERY_HEADER] = delivery_id
         if span is not None:
             span.set_attribute(DELIVERY_ID, delivery_id)

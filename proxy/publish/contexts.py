@@ -18,7 +18,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 DEFAULT_GRACE = 30.0
 MAX_FINISHED = 16384
@@ -56,8 +56,8 @@ class DeliveryContexts:
         self._clock = clock
         self._prefix = secrets.token_hex(4) + "-"
         self._counter = 0
-        # counter -> (name, value, name, value, ...)
-        self._open: dict[int, tuple[str, ...]] = {}
+        # id -> (counter, (name, value, name, value, ...)) in flight; counter -> context after.
+        self._open: dict[str, tuple[int, tuple[str, ...]]] = {}
         self._finished: dict[int, tuple[str, ...]] = {}
         # Finished counters in the order they finished, and when each did.
         self._order: deque[int] = deque()
@@ -76,26 +76,40 @@ class DeliveryContexts:
 
     def open(self, context: Context) -> str:
         """Register a delivery about to be sent; returns its id."""
-        self._counter += 1
         flat: list[str] = []
         for name, value in context:
-            if name == SHARED_FIELD:
-                shared = self._baggage.get(value)
-                if shared is None:
-                    if len(self._baggage) >= MAX_SHARED:
-                        self._baggage.clear()
-                    shared = self._baggage[value] = value
-                value = shared
-            flat += (name, value)
-        self._open[self._counter] = tuple(flat)
-        return f"{self._prefix}{self._counter}"
+            flat += (name, self._shared(value) if name == SHARED_FIELD else value)
+        return self._store(tuple(flat))
+
+    def open_headers(self, headers: Mapping[str, str], names: Iterable[str]) -> str:
+        """Register a delivery whose context is the ``names`` that ``headers`` has."""
+        flat: list[str] = []
+        for name in names:
+            value = headers.get(name)
+            if value is not None:
+                flat += (name, self._shared(value) if name == SHARED_FIELD else value)
+        return self._store(tuple(flat))
+
+    def _shared(self, value: str) -> str:
+        shared = self._baggage.get(value)
+        if shared is None:
+            if len(self._baggage) >= MAX_SHARED:
+                self._baggage.clear()
+            shared = self._baggage[value] = value
+        return shared
+
+    def _store(self, flat: tuple[str, ...]) -> str:
+        self._counter += 1
+        delivery_id = f"{self._prefix}{self._counter}"
+        self._open[delivery_id] = (self._counter, flat)
+        return delivery_id
 
     def close(self, delivery_id: str) -> None:
         """The delivery is done (or abandoned): its context stays usable for ``grace`` seconds."""
-        number = self._number(delivery_id)
-        flat = self._open.pop(number, None) if number is not None else None
-        if flat is None or number is None:
+        entry = self._open.pop(delivery_id, None)
+        if entry is None:
             return
+        number, flat = entry
         if self.grace <= 0 or self.max_finished <= 0:
             return
         now = self._clock()
@@ -109,15 +123,18 @@ class DeliveryContexts:
 
     def get(self, delivery_id: str) -> Context | None:
         """The context of a delivery in flight or within its grace; None if unknown or expired."""
-        number = self._number(delivery_id)
-        if number is None:
-            return None
-        flat = self._open.get(number)
-        if flat is None:
-            self._prune(self._clock())
-            flat = self._finished.get(number)
-            if flat is None:
+        entry = self._open.get(delivery_id)
+        if entry is not None:
+            flat = entry[1]
+        else:
+            number = self._number(delivery_id)
+            if number is None:
                 return None
+            self._prune(self._clock())
+            found = self._finished.get(number)
+            if found is None:
+                return None
+            flat = found
         return tuple(zip(flat[::2], flat[1::2]))
 
     def _number(self, delivery_id: str) -> int | None:

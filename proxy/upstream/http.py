@@ -29,7 +29,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote, urlsplit
 
 from proxy.errors import AppUnavailable, ConfigError
@@ -50,9 +50,8 @@ _FIELD_VALUE = re.compile(r"[\x20-\x7e\t]*")
 _CHECKED_NAMES_MAX = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class AppAnswer:
-    """The app's answer to one delivery."""
+class AppAnswer(NamedTuple):
+    """The app's answer to one delivery (a named tuple: one is made per delivery)."""
 
     status: int
     body: bytes
@@ -156,8 +155,9 @@ class HttpUpstream:
             raise RuntimeError("HttpUpstream.start() was not called")
         started = time.perf_counter()
         head = self._encode(headers, len(body))
-        deadline = loop.time() + self.timeout
-        connection = self._take_idle(loop)
+        now = loop.time()
+        deadline = now + self.timeout
+        connection = self._take_idle(now)
         if connection is None:
             connection = await self._acquire(loop, deadline)
         waiter = connection.send(head, body, deadline)
@@ -174,7 +174,7 @@ class HttpUpstream:
             connection.abort()
             self._discard(connection)
             raise
-        self._release(loop, connection)
+        self._release(loop.time(), connection)
         headers_in = response.headers
         content_type = headers_in.get("content-type", "")
         return AppAnswer(
@@ -218,13 +218,13 @@ class HttpUpstream:
 
     # -- pool -------------------------------------------------------------------------------------
 
-    def _take_idle(self, loop: asyncio.AbstractEventLoop) -> AppConnection | None:
+    def _take_idle(self, now: float) -> AppConnection | None:
         """The most recently used idle connection that can take a request. Ones the server
         closed meanwhile, or idle too long, are dropped: nothing was written on them."""
         idle = self._idle
         while idle:
             connection = idle.pop()
-            if connection.usable and loop.time() - connection.idle_since < KEEPALIVE_IDLE:
+            if connection.usable and now - connection.idle_since < KEEPALIVE_IDLE:
                 return connection
             self._discard(connection)
         return None
@@ -241,7 +241,7 @@ class HttpUpstream:
                 if waiter.done() and not waiter.cancelled():
                     passed = waiter.result()
                     if passed is not None:  # handed over just as we gave up: pass it on
-                        self._release(loop, passed)
+                        self._release(loop.time(), passed)
                     else:
                         self._wake_one()
                 elif waiter in self._waiters:
@@ -255,7 +255,7 @@ class HttpUpstream:
                 if handed.usable:
                     return handed
                 self._discard(handed)
-            connection = self._take_idle(loop)
+            connection = self._take_idle(loop.time())
             if connection is not None:
                 return connection
         return await self._connect(loop, deadline)
@@ -284,7 +284,7 @@ class HttpUpstream:
         self._connections.add(connection)
         return connection
 
-    def _release(self, loop: asyncio.AbstractEventLoop, connection: AppConnection) -> None:
+    def _release(self, now: float, connection: AppConnection) -> None:
         if not connection.usable:
             self._discard(connection)
             return
@@ -293,7 +293,6 @@ class HttpUpstream:
             if not waiter.done():
                 waiter.set_result(connection)
                 return
-        now = loop.time()
         connection.idle_since = now
         idle = self._idle
         idle.append(connection)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_KEPT_BYTES = 4096
@@ -53,9 +54,9 @@ class ProtocolError(ValueError):
     """The bytes are not a valid HTTP/1.1 response; the connection cannot be used again."""
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
-    """One complete answer.
+class Response(NamedTuple):
+    """One complete answer (a named tuple: one is made per delivery, and a frozen dataclass's
+    ``__init__`` costs several times as much).
 
     ``headers`` has lower-case names; a repeated field's values are joined with ``", "``.
     ``body`` is at most the first :data:`MAX_KEPT_BYTES` of the body. ``keep_alive`` says whether
