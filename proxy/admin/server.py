@@ -8,6 +8,7 @@ decisions with reasons), ``GET /config`` (the effective configuration with secre
 Envoy's ``/config_dump``: paths of secret files are shown, their contents and secret values
 never). Metrics (default 0.0.0.0:15090): ``GET /metrics``.
 
+Both are :class:`proxy.httpserver.LocalHttpServer` listeners (not aiohttp's: see that module).
 Everything here is read-only; nothing changes state on a GET. The admin listener binds to
 127.0.0.1 by default: it is for the pod's own probes and an operator's port-forward, not the
 network (``/decisions`` shows tenants).
@@ -16,51 +17,54 @@ network (``/decisions`` shows tenants).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from aiohttp import web
-
+from proxy.httpserver import LocalHttpServer, Request, Response
 from proxy.metrics import CONTENT_TYPE
 
-Handler = Callable[[web.Request], Any]
+Handler = Callable[[Request], Awaitable[Response]]
+TEXT = "text/plain; charset=utf-8"
 
 
-def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(body, indent=1, sort_keys=True, default=str),
-        status=status,
-        content_type="application/json",
-    )
+def json_response(body: Any, status: int = 200) -> Response:
+    text = json.dumps(body, indent=1, sort_keys=True, default=str)
+    return Response(status, text.encode(), {"content-type": "application/json; charset=utf-8"})
 
 
 class HttpServer:
-    """One aiohttp listener serving a fixed set of GET routes."""
+    """One local listener serving a fixed set of GET (and HEAD) routes."""
 
     def __init__(self, addr: tuple[str, int], routes: Mapping[str, Handler], *, name: str) -> None:
-        self.host, self.port = addr
         self.name = name
-        self._app = web.Application()
-        for path, handler in routes.items():
-            self._app.router.add_get(path, handler)
-        self._runner: web.AppRunner | None = None
+        self._routes = dict(routes)
+        self._listener = LocalHttpServer(addr, self._dispatch, name=name)
 
     def __repr__(self) -> str:
         return f"HttpServer(name={self.name!r}, addr={self.host}:{self.port})"
 
+    @property
+    def host(self) -> str:
+        return self._listener.host
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one once started on port 0)."""
+        return self._listener.port
+
     async def start(self) -> None:
-        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        if self.port == 0:
-            # Bound to an ephemeral port (tests): report the real one.
-            self.port = int(self._runner.addresses[0][1])
+        await self._listener.start()
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._listener.stop()
+
+    async def _dispatch(self, request: Request) -> Response:
+        handler = self._routes.get(request.path)
+        if handler is None:
+            return Response(404, b"404: Not Found\n", {"content-type": TEXT})
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, b"405: Method Not Allowed\n", {"content-type": TEXT, "allow": "GET, HEAD"})
+        return await handler(request)
 
 
 def admin_routes(
@@ -75,23 +79,23 @@ def admin_routes(
     it (stalled partitions) to ``/readyz`` as ``"detail"``. ``config`` serves ``/config``; it
     must return the configuration already redacted (``SidecarConfig.redacted``)."""
 
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+    async def healthz(_: Request) -> Response:
+        return Response(200, b"ok\n", {"content-type": TEXT})
 
-    async def readyz(_: web.Request) -> web.Response:
+    async def readyz(_: Request) -> Response:
         ready, checks = readiness()
         body: dict[str, Any] = {"ready": ready, "checks": checks}
         if detail is not None:
             body["detail"] = detail()
         return json_response(body, 200 if ready else 503)
 
-    async def get_routes(_: web.Request) -> web.Response:
+    async def get_routes(_: Request) -> Response:
         return json_response(routes())
 
-    async def get_decisions(_: web.Request) -> web.Response:
+    async def get_decisions(_: Request) -> Response:
         return json_response({"decisions": decisions()})
 
-    async def get_config(_: web.Request) -> web.Response:
+    async def get_config(_: Request) -> Response:
         assert config is not None
         return json_response({"config": config()})
 
@@ -104,9 +108,7 @@ def admin_routes(
 
 
 def metrics_routes(render: Callable[[], bytes]) -> dict[str, Handler]:
-    async def metrics(_: web.Request) -> web.Response:
-        response = web.Response(body=render())
-        response.headers["content-type"] = CONTENT_TYPE
-        return response
+    async def metrics(_: Request) -> Response:
+        return Response(200, render(), {"content-type": CONTENT_TYPE})
 
     return {"/metrics": metrics}

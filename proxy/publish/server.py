@@ -16,8 +16,9 @@ Lets the app produce without a Kafka client and keep the tenant without OpenTele
       (with ``retry-after``); 502 when the broker refused the record for another reason
 ====  ==============================================================================
 
-Errors are JSON ``{"error": "..."}``, malformed HTTP included (aiohttp's parser refuses a header
-with CR, LF or NUL before any handler runs; its plain-text answer is replaced by ours).
+Errors are JSON ``{"error": "..."}``, malformed HTTP included (the listener,
+:class:`proxy.httpserver.LocalHttpServer`, refuses a header with CR, LF or NUL before any
+handler runs, and the answer is ours).
 
 Nothing is acknowledged before the broker has the record, and nothing is written from a request
 that was refused: every check runs before the record is handed to the producer, and a record is
@@ -34,12 +35,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
-from http import HTTPStatus
-from typing import Any
 
-from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     KafkaError,
@@ -50,6 +46,7 @@ from aiokafka.errors import (
 from aiokafka.structs import RecordMetadata
 
 from proxy.errors import PublishError
+from proxy.httpserver import BodyTooLarge, HttpError, LocalHttpServer, Request, Response
 from proxy.kafka import KafkaConnection
 from proxy.metrics import Metrics
 from proxy.publish.contexts import DeliveryContexts
@@ -66,17 +63,14 @@ log = logging.getLogger(__name__)
 
 CONNECT_RETRY_INITIAL = 0.5
 CONNECT_RETRY_MAX = 10.0
-READ_CHUNK = 64 * 1024
 # Room for the record's key and headers on top of the value in one produce request.
 RECORD_OVERHEAD = 64 * 1024
 
 
-def error_response(error: PublishError) -> web.Response:
+def error_response(error: PublishError) -> Response:
     """The JSON answer to a refused request."""
-    response = web.Response(
-        text=json.dumps({"error": str(error)}),
-        status=error.status,
-        content_type="application/json",
+    response = Response(
+        error.status, json.dumps({"error": str(error)}).encode(), {"content-type": "application/json; charset=utf-8"}
     )
     if error.retriable:
         response.headers["retry-after"] = "1"
@@ -194,50 +188,6 @@ class KafkaPublisher:
             raise PublishError(502, "broker_rejected", f"Kafka refused the record: {exc!r}") from exc
 
 
-class _JsonErrorRequestHandler(RequestHandler):
-    """Answers requests aiohttp's HTTP parser refuses (a header with CR, LF or NUL, a bad
-    request line, an oversized header) with the publish API's JSON errors."""
-
-    __slots__ = ("on_refused",)
-    on_refused: Callable[[PublishError], None]
-
-    def handle_error(
-        self,
-        request: Any,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if status >= 500:
-            return super().handle_error(request, status, exc, message)
-        if request.writer.output_size > 0:
-            raise ConnectionError("response already sent, cannot answer the malformed request")
-        what = (message or HTTPStatus(status).phrase).strip().splitlines()[0].rstrip(":")
-        log.info("publish: malformed HTTP request refused: %s", what)
-        error = PublishError(
-            status, "malformed_request",
-            f"malformed HTTP request ({what[:200]}): header names and values may not "
-            "contain CR, LF, NUL or other control characters",
-        )
-        self.on_refused(error)
-        response = error_response(error)
-        response.force_close()
-        return response
-
-
-class _Server(web.Server):
-    """aiohttp's low-level server with :class:`_JsonErrorRequestHandler` per connection."""
-
-    def __init__(self, handler: Any, on_refused: Callable[[PublishError], None]) -> None:
-        super().__init__(handler)
-        self.on_refused = on_refused
-
-    def __call__(self) -> RequestHandler:
-        handler = _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
-        handler.on_refused = self.on_refused
-        return handler
-
-
 class PublishServer:
     """The publish endpoint of one sidecar: HTTP listener and Kafka producer."""
 
@@ -257,7 +207,11 @@ class PublishServer:
         self.contexts = contexts
         self.tracing = tracing
         self.metrics = metrics
-        self._runner: web.ServerRunner | None = None
+        # Handlers may wait up to the publish timeout for Kafka; stopping lets them finish.
+        self._listener = LocalHttpServer(
+            addr, self._handle, name="publish", on_malformed=self._malformed,
+            shutdown_timeout=publisher.timeout + 1,
+        )
 
     def __repr__(self) -> str:
         return f"PublishServer(addr={self.host}:{self.port}, publisher={self.publisher!r})"
@@ -269,21 +223,12 @@ class PublishServer:
 
     async def start(self) -> None:
         await self.publisher.start()
-        # Handlers may wait up to the publish timeout for Kafka; shutdown lets them finish.
-        self._runner = web.ServerRunner(
-            _Server(self._handle, self._count_malformed), handle_signals=False, shutdown_timeout=self.publisher.timeout + 1
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        if self.port == 0:
-            self.port = self._runner.addresses[0][1]
+        await self._listener.start()
+        self.port = self._listener.port
 
     async def stop(self) -> None:
         """Stop taking requests, let those in progress finish, then flush the producer."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._listener.stop()
         await self.publisher.stop()
 
     async def __aenter__(self) -> PublishServer:
@@ -293,10 +238,14 @@ class PublishServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def _count_malformed(self, error: PublishError) -> None:
-        self.metrics.publish_requests.labels(error.reason).inc()
+    def _malformed(self, error: HttpError) -> Response:
+        """The answer to a request the listener could not parse (the connection then closes)."""
+        log.info("publish: malformed HTTP request refused: %s", error)
+        refused = PublishError(error.status, "malformed_request", f"malformed HTTP request: {str(error)[:300]}")
+        self.metrics.publish_requests.labels(refused.reason).inc()
+        return error_response(refused)
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _handle(self, request: Request) -> Response:
         started = time.perf_counter()
         try:
             response = await self._publish(request)
@@ -306,9 +255,9 @@ class PublishServer:
             response = error_response(error)
             if error.status == 405:
                 response.headers["allow"] = "POST"
-            if error.status == 413 or not request.content.at_eof():
+            if error.status == 413 or not request.body_read:
                 # The body was not read: the connection cannot carry another request.
-                response.force_close()
+                response.close = True
             log.log(
                 logging.WARNING if error.status >= 500 else logging.INFO,
                 "publish %s %s refused (%d %s): %s",
@@ -318,19 +267,19 @@ class PublishServer:
         self.metrics.publish_duration.observe(time.perf_counter() - started)
         return response
 
-    async def _publish(self, request: web.BaseRequest) -> web.StreamResponse:
-        path = request.raw_path.partition("?")[0]
+    async def _publish(self, request: Request) -> Response:
+        path = request.path
         topic = topic_from_path(path)
         if request.method != "POST":
             raise PublishError(405, "method_not_allowed", f"use POST {path[:200]}, not {request.method}")
-        limit = self.publisher.max_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise PublishError(413, "too_large", f"body of {request.content_length} bytes is over the limit of {limit}")
-        if request.headers.get("expect", "").lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = await self._read_body(request, limit)
+        try:
+            body = await request.read(self.publisher.max_bytes)
+        except BodyTooLarge as exc:
+            raise PublishError(413, "too_large", str(exc)) from exc
+        except HttpError as exc:
+            raise PublishError(exc.status, "malformed_request", f"malformed HTTP request: {exc}") from exc
         headers = request.headers
-        record = self.rules.parse(topic, headers, body, self.contexts.get, lambda name: headers.getall(name, []))
+        record = self.rules.parse(topic, headers, body, self.contexts.get, request.get_all)
         span = None
         if self.tracing.enabled:
             span = self.tracing.start_send(topic, record.context, record.key, len(body))
@@ -342,22 +291,11 @@ class PublishServer:
             raise
         if span is not None:
             SidecarTracing.end_send(span, written.partition, written.offset, None)
-        return web.Response(
-            status=204,
+        return Response(
+            204,
             headers={
                 "kafka-topic": topic,
                 "kafka-partition": str(written.partition),
                 "kafka-offset": str(written.offset),
             },
         )
-
-    @staticmethod
-    async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := await request.content.read(READ_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise PublishError(413, "too_large", f"body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)

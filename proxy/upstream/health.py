@@ -12,9 +12,11 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import aiohttp
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,10 @@ class AppHealth:
 
     async def start(self) -> None:
         if self.health_url:
+            # Imported only here: a sidecar probing with a TCP connect (the default) need not
+            # load an HTTP client library (proxy.httpserver says why that matters).
+            import aiohttp
+
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT),
                 connector=aiohttp.TCPConnector(ssl=self._ssl),
@@ -89,6 +95,8 @@ class AppHealth:
     async def probe(self) -> bool:
         """One probe of the app; True when it answers."""
         if self._session is not None and self.health_url:
+            import aiohttp
+
             try:
                 async with self._session.get(self.health_url) as response:
                     return 200 <= response.status < 300
