@@ -53,6 +53,8 @@ class PartitionState:
     lanes: set[Hashable] = field(default_factory=set)
     # Lanes of this partition waiting to retry; the partition is paused while any is.
     retrying: int = 0
+    # Paused for backpressure (asked of the listener once, not at every check).
+    backpressured: bool = False
     # Read before every delivery: a plain attribute, the event is for waits to end on.
     revoked: bool = field(default=False, init=False)
     _revoked: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
@@ -159,8 +161,11 @@ class Dispatcher:
         """Pause a partition whose undone records pile up; resume it once they drain."""
         pending = state.offsets.pending
         if pending >= BACKPRESSURE_HIGH:
-            self.listener.pause((state.tp,), "backpressure")
-        elif pending <= BACKPRESSURE_LOW and "backpressure" in self.listener.paused(state.tp):
+            if not state.backpressured:
+                state.backpressured = True
+                self.listener.pause((state.tp,), "backpressure")
+        elif pending <= BACKPRESSURE_LOW and state.backpressured:
+            state.backpressured = False
             self.listener.resume((state.tp,), "backpressure")
 
     async def drain(self, timeout: float) -> bool:
@@ -232,7 +237,7 @@ class Dispatcher:
                     break
                 queue.popleft()
                 offsets.done(record.offset)
-                if offsets.pending <= BACKPRESSURE_LOW:
+                if state.backpressured and offsets.pending <= BACKPRESSURE_LOW:
                     self.check_backpressure(state)
         finally:
             self._lanes.pop(lane.key, None)
