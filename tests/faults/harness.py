@@ -22,6 +22,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
+from proxy.kafka import KafkaConnection
+from proxy.sidecar.runtime import committed_offsets as runtime_committed_offsets
 from proxy.testing.app import Received
 from proxy.testing.broker import free_port
 
@@ -175,12 +177,9 @@ async def read_topic(bootstrap_servers: str, topic: str, timeout: float = 20.0) 
 
 async def committed_offsets(bootstrap_servers: str, group: str, topic: str) -> dict[int, int | None]:
     """The group's committed offset per partition, read without joining the group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)}
-    finally:
-        await consumer.stop()
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    found = await runtime_committed_offsets(KafkaConnection(bootstrap_servers=bootstrap_servers), group, tps)
+    return {tp.partition: offset for tp, offset in found.items()}
 
 
 # -- the real ktp sidecar process ----------------------------------------------------------------

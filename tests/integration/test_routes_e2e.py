@@ -13,13 +13,13 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from proxy.kafka import KafkaConnection
 from proxy.routeservice.client import RouteServiceClient
 from proxy.routeservice.server import RouteService, RouteServiceConfig
 from proxy.routing.sources.kafka import KafkaRouteSource
-from proxy.sidecar.runtime import Sidecar
+from proxy.sidecar.runtime import Sidecar, committed_offsets
 from proxy.testing.app import RecordingApp
 from tests.conftest import baggage, eventually, produce, sidecar_config
 
@@ -75,12 +75,9 @@ def bodies(app: RecordingApp) -> collections.Counter[str]:
 
 
 async def committed(bootstrap_servers: str, group: str, topic: str) -> dict[int, int | None]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(4)}
-    finally:
-        await consumer.stop()
+    tps = [TopicPartition(topic, p) for p in range(4)]
+    found = await committed_offsets(KafkaConnection(bootstrap_servers=bootstrap_servers), group, tps)
+    return {tp.partition: offset for tp, offset in found.items()}
 
 
 async def test_seeds_scenario_each_record_handled_once(bootstrap_servers: str, topic: str, tmp_path: Path) -> None:
