@@ -12,7 +12,7 @@ from pathlib import Path
 from proxy.sidecar.runtime import Sidecar
 from proxy.testing.app import Received, RecordingApp
 from proxy.testing.broker import EmbeddedBroker, free_port
-from tests.conftest import create_topic, sidecar_config
+from tests.conftest import create_topic, group_for, sidecar_config
 from tests.faults.harness import (
     PARTITIONS,
     account,
@@ -180,7 +180,7 @@ async def test_broker_cut_for_15s_while_a_witness_takes_over(tmp_path: Path) -> 
                 cut_at = len(app.received)
                 witness_at_cut = len(witness_app.received)
                 # The sidecar cannot commit any more: what it took past these offsets may come again.
-                committed = await committed_offsets(bootstrap, "orders", topic)
+                committed = await committed_offsets(bootstrap, group_for(topic), topic)
                 await until(lambda: len(witness.listener.assignment()) == PARTITIONS, timeout=CUT_SECONDS, what="witness took over")
                 took_over_in = time.monotonic() - cut_started
                 await asyncio.sleep(max(0.0, cut_started + CUT_SECONDS - time.monotonic()))
