@@ -34,6 +34,7 @@ from aiokafka.structs import ConsumerRecord
 
 FETCH_TIMEOUT_MS = 500  # the sidecar's (proxy.sidecar.runtime)
 FETCH_MAX_RECORDS = 2000
+FETCH_MAX_BYTES = 1024 * 1024
 FORWARDED = ("traceparent", "tracestate", "baggage")
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -64,6 +65,7 @@ def consumer_settings(session_timeout: float, fetch_max_wait_ms: int) -> dict[st
         "session_timeout_ms": int(session_timeout * 1000),
         "heartbeat_interval_ms": int(min(3.0, session_timeout / 3) * 1000),
         "fetch_max_wait_ms": fetch_max_wait_ms,
+        "fetch_max_bytes": FETCH_MAX_BYTES,
     }
 
 

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Hashable
+from collections.abc import Awaitable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -39,9 +39,14 @@ from proxy.upstream.http import AppConnectError, AppTimeout, HttpUpstream
 log = logging.getLogger(__name__)
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-# Fetched-but-not-done records per partition above which the partition is paused.
-BACKPRESSURE_HIGH = 2048
-BACKPRESSURE_LOW = 512
+# Records fetched but not done, the whole sidecar's, that backpressure holds to: each costs
+# about 1.1 KB of memory (the record, its headers, its queue and watermark entries; 200-byte
+# values), and a few hundred per partition keep its lane busy between fetches. A fetch asks for
+# no more than the room left (Dispatcher.room), and the budget is split evenly among the assigned
+# partitions (Dispatcher.assigned): a partition at its share is not fetched until it is down to a
+# quarter of it, so one slow partition cannot take the others' room.
+MAX_PENDING_RECORDS = 1024
+MIN_PARTITION_SHARE = 32
 
 
 @dataclass(eq=False, slots=True)
@@ -53,7 +58,7 @@ class PartitionState:
     lanes: set[Hashable] = field(default_factory=set)
     # Lanes of this partition waiting to retry; the partition is paused while any is.
     retrying: int = 0
-    # Paused for backpressure (asked of the listener once, not at every check).
+    # Not fetched for now: too many of its records are not done yet (Dispatcher.check_backpressure).
     backpressured: bool = False
     # Read before every delivery: a plain attribute, the event is for waits to end on.
     revoked: bool = field(default=False, init=False)
@@ -131,6 +136,12 @@ class Dispatcher:
         self._idle.set()
         self._in_flight = 0
         metrics.track_in_flight(lambda: self._in_flight)
+        # Backpressure: partitions not to fetch, each partition's share of MAX_PENDING_RECORDS,
+        # and an event set when a partition leaves ``blocked`` (the fetch loop waits on it).
+        self.blocked: set[TopicPartition] = set()
+        self.unblocked = asyncio.Event()
+        self._high = MAX_PENDING_RECORDS
+        self._low = MAX_PENDING_RECORDS // 4
 
     def __repr__(self) -> str:
         return f"Dispatcher(ordering={self.ordering!r}, lanes={len(self._lanes)}, in_flight={self._in_flight})"
@@ -157,16 +168,36 @@ class Dispatcher:
         else:
             lane.queue.append(record)
 
+    def room(self, states: Iterable[PartitionState]) -> int:
+        """How many more records may be fetched now (never less than one partition's share:
+        records a fetch brings that are skipped are done at once)."""
+        pending = 0
+        for state in states:
+            pending += state.offsets.pending
+        return max(self._high, MAX_PENDING_RECORDS - pending)
+
+    def assigned(self, partitions: int) -> None:
+        """Split the pending-records budget among the ``partitions`` now assigned."""
+        self._high = max(MIN_PARTITION_SHARE, MAX_PENDING_RECORDS // max(partitions, 1))
+        self._low = self._high // 4
+
     def check_backpressure(self, state: PartitionState) -> None:
-        """Pause a partition whose undone records pile up; resume it once they drain."""
+        """Stop fetching a partition whose undone records pile up; fetch it again once they
+        drain. Not a pause: what the Kafka client holds for it stays there (KafkaListener.fetch)."""
         pending = state.offsets.pending
-        if pending >= BACKPRESSURE_HIGH:
+        if pending >= self._high:
             if not state.backpressured:
                 state.backpressured = True
-                self.listener.pause((state.tp,), "backpressure")
-        elif pending <= BACKPRESSURE_LOW and state.backpressured:
+                self.blocked.add(state.tp)
+        elif pending <= self._low and state.backpressured:
+            self.release(state)
+
+    def release(self, state: PartitionState) -> None:
+        """Fetch ``state``'s partition again (its records drained, or it was revoked)."""
+        if state.backpressured:
             state.backpressured = False
-            self.listener.resume((state.tp,), "backpressure")
+            self.blocked.discard(state.tp)
+            self.unblocked.set()
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every queued record is done; False if ``timeout`` ran out first."""
@@ -237,8 +268,8 @@ class Dispatcher:
                     break
                 queue.popleft()
                 offsets.done(record.offset)
-                if state.backpressured and offsets.pending <= BACKPRESSURE_LOW:
-                    self.check_backpressure(state)
+                if state.backpressured and offsets.pending <= self._low:
+                    self.release(state)
         finally:
             self._lanes.pop(lane.key, None)
             state.lanes.discard(lane.key)

@@ -1,8 +1,10 @@
 """KafkaListener: our downstream. One aiokafka consumer with manual commits, rebalance callbacks
 and partition pauses that several parts may ask for at once.
 
-A partition is paused while any reason holds (``app_unhealthy``, ``backpressure``,
-``retrying``); pausing rather than not polling keeps heartbeats and rebalances going.
+A partition is paused while any reason holds (``app_unhealthy``, ``retrying``,
+``routes_behind``, ``membership_unconfirmed``); pausing rather than not polling keeps heartbeats
+and rebalances going. Backpressure is not a pause: a partition whose records pile up is left out
+of :meth:`KafkaListener.fetch` instead, which keeps its already-fetched records (see there).
 
 Commits are refused once this member has lost its membership (the broker expired it, e.g.
 after a network cut): its partitions are *lost*, not revoked (KIP-429), and their new owner may
@@ -136,9 +138,31 @@ class KafkaListener:
             await self._consumer.stop()
             self._consumer = None
 
-    async def fetch(self, timeout_ms: int, max_records: int) -> Batch:
-        result: Batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+    async def fetch(self, timeout_ms: int, max_records: int, partitions: Iterable[TopicPartition] = ()) -> Batch:
+        """Records of ``partitions`` (all assigned ones when empty). Partitions left out keep
+        what the Kafka client has already fetched for them, undecoded, and it fetches nothing
+        more for them until that is taken: unlike a pause, which drops it to be fetched again."""
+        result: Batch = await self.consumer.getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
         return result
+
+    async def wait_for_room(self, waiter: Awaitable[object], timeout: float) -> None:
+        """Await ``waiter`` (at most ``timeout`` seconds) while every partition's records wait
+        for the app, so there is nothing to fetch.
+
+        aiokafka leaves the group when nothing asks it for records for ``max.poll.interval.ms``
+        (it takes that as a consumer stuck in its processing). A sidecar whose app is slow is not
+        stuck: it is waiting for room, and fetches again the moment there is some. So the wait
+        counts as asking, as aiokafka counts its own waits inside ``getmany`` (its bookkeeping is
+        a private context manager; without it, the wait is a plain one). The wait does not raise
+        on timeout, which would leave that bookkeeping off."""
+        subscription = getattr(self.consumer, "_subscription", None)
+        context = getattr(subscription, "fetch_context", None)
+        waiting = asyncio.ensure_future(waiter)
+        try:
+            with context() if context is not None else contextlib.nullcontext():
+                await asyncio.wait((waiting,), timeout=timeout)
+        finally:
+            waiting.cancel()
 
     @property
     def membership_lost(self) -> bool:

@@ -45,6 +45,15 @@ log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_MS = 500
 FETCH_MAX_RECORDS = 2000
+# How long a fetch waits for records while some partition is held back by backpressure: a held
+# partition drains its last quarter share in tens of ms at the app's pace, so this lets it be
+# fetched again before its lane runs dry.
+BLOCKED_FETCH_TIMEOUT_MS = 5
+# One fetch response's bytes (aiokafka's default is 50 MiB). The records of a response sit in the
+# sidecar's memory until delivered, so this bounds its footprint; 1 MiB is ~3,000 records of
+# 200 bytes, more than a fetch round trip's worth at the rates one app takes. Brokers that ignore
+# the per-partition limit (Tansu) honour this one.
+FETCH_MAX_BYTES = 1024 * 1024
 REVOKE_TIMEOUT = 5.0
 KAFKA_RETRY_INITIAL = 0.5
 KAFKA_RETRY_MAX = 10.0
@@ -136,6 +145,7 @@ class Sidecar:
                 "session_timeout_ms": int(config.session_timeout * 1000),
                 # Kafka's rule of thumb: heartbeat at most a third of the session timeout.
                 "heartbeat_interval_ms": int(min(3.0, config.session_timeout / 3) * 1000),
+                "fetch_max_bytes": FETCH_MAX_BYTES,
             },
         )
         # Publish endpoint, ktp-delivery contexts, CloudEvents, propagators, spans.
@@ -231,7 +241,7 @@ class Sidecar:
     async def run(self) -> None:
         """Fetch, decide and dispatch until :meth:`request_stop`."""
         while not self._stopping.is_set():
-            batch = await self.listener.fetch(FETCH_TIMEOUT_MS, FETCH_MAX_RECORDS)
+            batch = await self._fetch()
             if self._catch_up_source is not None:
                 if self._routes_behind_since is not None:
                     await self._retry_routes()
@@ -241,6 +251,27 @@ class Sidecar:
                 state = self._partitions.get(tp)
                 if state is not None and not state.revoked:
                     self._handle(state, records)
+
+    async def _fetch(self) -> Batch:
+        """The next records of the partitions with room for more (backpressure).
+
+        A partition whose undone records reached its share (Dispatcher.check_backpressure) is
+        left out of the fetch, its next records kept by the Kafka client, so memory stays bounded
+        without the client dropping and fetching them again (what a pause would do). While some
+        partition is left out, fetches wait briefly, so one that drains is fetched again soon;
+        a wait in aiokafka's ``getmany`` cannot be cut short without leaving its bookkeeping off.
+        """
+        blocked = self.dispatcher.blocked
+        most = min(FETCH_MAX_RECORDS, self.dispatcher.room(self._partitions.values()))
+        if not blocked:
+            return await self.listener.fetch(FETCH_TIMEOUT_MS, most)
+        fetchable = [tp for tp in self.listener.assignment() if tp not in blocked]
+        if fetchable:
+            return await self.listener.fetch(BLOCKED_FETCH_TIMEOUT_MS, most, fetchable)
+        unblocked = self.dispatcher.unblocked
+        unblocked.clear()
+        await self.listener.wait_for_room(unblocked.wait(), FETCH_TIMEOUT_MS / 1000)
+        return {}
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -428,6 +459,7 @@ class Sidecar:
         for tp in assigned:
             if tp not in self._partitions:
                 self._partitions[tp] = PartitionState(tp)
+        self.dispatcher.assigned(len(self._partitions))
         if not self.health.healthy:
             self.listener.pause(assigned, "app_unhealthy")
         if self._routes_behind_since is not None:
@@ -469,7 +501,9 @@ class Sidecar:
         await self.commit(revoked)
         for state in states:
             state.offsets.abandon()
+            self.dispatcher.release(state)
             self._partitions.pop(state.tp, None)
+        self.dispatcher.assigned(len(self._partitions))
 
     async def commit(self, only: frozenset[TopicPartition] | None = None) -> None:
         """Commit the done watermark of every partition (or of ``only``) that moved."""
@@ -558,11 +592,18 @@ class Sidecar:
                 "seconds": round(stall.seconds, 1),
                 "position": stall.position,
                 "lag": stall.lag,
-                "paused": sorted(self.listener.paused(tp)),
+                "paused": sorted(self._pause_reasons(tp)),
             }
             for tp, stall in sorted(self.stalls.stalled(now).items(), key=lambda item: item[0])
         }
         return {"stalled_partitions": stalled, "stall_timeout": self.config.stall_timeout}
+
+    def _pause_reasons(self, tp: TopicPartition) -> set[str]:
+        """Why ``tp`` is not fetched: the listener's pauses, and backpressure."""
+        reasons = set(self.listener.paused(tp))
+        if tp in self.dispatcher.blocked:
+            reasons.add("backpressure")
+        return reasons
 
     def _routes_view(self) -> dict[str, Any]:
         return {"source": self.route_source.describe(), **self.table.snapshot()}
