@@ -39,12 +39,15 @@ from proxy.upstream.http import AppConnectError, AppTimeout, HttpUpstream
 log = logging.getLogger(__name__)
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-# Records fetched but not done, the whole sidecar's, that backpressure holds to: each costs
-# about 1.1 KB of memory (the record, its headers, its queue and watermark entries; 200-byte
-# values), and a few hundred per partition keep its lane busy between fetches. A fetch asks for
-# no more than the room left (Dispatcher.room), and the budget is split evenly among the assigned
-# partitions (Dispatcher.assigned): a partition at its share is not fetched until it is down to a
-# quarter of it, so one slow partition cannot take the others' room.
+# Records fetched but not done, the whole sidecar's, that backpressure aims at: each costs about
+# 1.1 KB of memory (the record, its headers, its queue and watermark entries; 200-byte values),
+# and a few hundred per partition keep its lane busy between fetches. The budget is split evenly
+# among the assigned partitions (Dispatcher.assigned): a partition at its share is not fetched
+# until it is down to a quarter of it, so one slow partition holds at most about its share (plus
+# one fetch) and leaves the others their room. A fetch asks for the room left, but for at least
+# one share (Dispatcher.room), and the broker may hand it all to one partition: the pending
+# records of the whole sidecar stay under about twice the budget (1,792 at most in
+# tests/integration/test_backpressure.py with 4 partitions).
 MAX_PENDING_RECORDS = 1024
 MIN_PARTITION_SHARE = 32
 
