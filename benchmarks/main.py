@@ -125,7 +125,7 @@ class Bench:
         self.run_id = uuid.uuid4().hex[:8]
         self.topics = {name: f"bench-{name}-{self.run_id}" for name in (
             "skip", "deliver", "latency-sidecar-default", "latency-handrolled-default",
-            "latency-sidecar-prompt", "latency-handrolled-prompt",
+            "latency-sidecar-prompt", "latency-handrolled-prompt", "latency-raw-default",
         )}
         tenants = [workload.tenant_name(i) for i in range(workload.TENANTS_IN_TRAFFIC)]
         # Baseline pods: skip when every tenant sends our service to a sandbox; deliver when the
@@ -355,6 +355,29 @@ class Bench:
             len(pauses), max(pauses, default=0.0),
         )
 
+    async def run_consume_floor(self) -> Latency:
+        """The raw aiokafka loop (counts records, delivers nothing) at the fixed rate with the
+        default fetch wait: the CPU that consuming alone costs at that rate on this machine, the
+        floor under the sidecar's and the hand-rolled loop's vCPU rows."""
+        a = self.args
+        rate, seconds = a.latency_rate, a.latency_seconds
+        count = int(rate * seconds)
+        topic = self.topics["latency-raw-default"]
+        child = self.loop("raw", topic, count, None)
+        async with child:
+            await self.assigned(child)
+            await asyncio.sleep(0.5)
+            producing = asyncio.create_task(workload.produce_paced(
+                self.bootstrap_servers, topic, rate=rate, seconds=seconds, keys=a.keys))
+            await asyncio.sleep(LATENCY_WARMUP)
+            t0, cpu0 = time.monotonic(), child.cpu()
+            await producing
+            t1, cpu1 = time.monotonic(), child.cpu()
+            await child.wait_event("done", 30)
+            peak = child.peak_rss_mb()
+        return Latency(LABELS["raw"] + ", nothing delivered", rate, DEFAULT_FETCH_WAIT_MS, count,
+                       0.0, 0.0, 0.0, 0.0, 0.0, (cpu1 - cpu0) / (t1 - t0), peak)
+
     # -- the run -----------------------------------------------------------------------------------
 
     async def run(self) -> Results:
@@ -401,6 +424,10 @@ class Bench:
                         f"({latency.count:,} records); GC pauses >= 1 ms: {latency.gc_pauses}, longest "
                         f"{latency.gc_longest_ms:.1f} ms"
                     )
+            if "latency" in a.only:
+                floor = await self.run_consume_floor()
+                results.latency["raw-default"] = floor
+                self.log(f"consuming alone at {floor.rate:,.0f} rec/s (raw loop): {floor.vcpu:.3f} vCPU")
             if a.profile:
                 profiled = [name for name, section in (("sidecar-skip", "skip"), ("sidecar-partition", "deliver"),
                                                        ("sidecar-key", "deliver")) if section in a.only]

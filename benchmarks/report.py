@@ -237,6 +237,14 @@ def _latency_rows(latency: dict[str, Latency]) -> list[Row]:
             f"of hand-rolled {ref.vcpu:.3f}" if ref else "",
             Target("<= 0.06 vCPU", 0.06, False) if mode == "default" else None,
         ))
+    floor = latency.get("raw-default")
+    if floor is not None:
+        # What the bound leaves for delivery: consuming alone (no HTTP) at the same rate.
+        rows.append(Row(
+            "cpu", f"{floor.label} at {floor.rate:,.0f} rec/s, fetch wait {floor.fetch_wait_ms} ms", floor.vcpu,
+            "vCPU", f"{floor.vcpu:.3f} vCPU ({floor.vcpu / floor.rate * 1e6:.0f} us/rec)", None,
+            "floor: consuming alone",
+        ))
     lat = latency.get("sidecar-default")
     if lat is not None:
         rows.append(Row("rss", f"ktp sidecar at {lat.rate:,.0f} rec/s", lat.peak_rss_mb, "MB",

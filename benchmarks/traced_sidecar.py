@@ -23,6 +23,7 @@ import gc
 import json
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -50,8 +51,10 @@ def main() -> int:
 
         KafkaListener.__init__ = patched_init  # type: ignore[method-assign]
 
-    async def fetch(self: KafkaListener, timeout_ms: int, max_records: int) -> Batch:
-        batch = await original(self, timeout_ms, max_records)
+    async def fetch(
+        self: KafkaListener, timeout_ms: int, max_records: int, partitions: Iterable[TopicPartition] = ()
+    ) -> Batch:
+        batch = await original(self, timeout_ms, max_records, partitions)
         now = time.time_ns() // 1000
         for tp, records in batch.items():
             fetched.append((tp.partition, records[0].offset, records[-1].offset, now))
