@@ -38,6 +38,7 @@ from benchmarks.processes import (
 )
 from benchmarks.profile import SAMPLE_RATE, Profiler, breakdown, summarise
 from benchmarks.report import (
+    CatchUps,
     Latency,
     Results,
     Throughput,
@@ -126,6 +127,7 @@ class Bench:
         self.topics = {name: f"bench-{name}-{self.run_id}" for name in (
             "skip", "deliver", "latency-sidecar-default", "latency-handrolled-default",
             "latency-sidecar-prompt", "latency-handrolled-prompt", "latency-raw-default",
+            "latency-sidecar-kafka-default", "latency-sidecar-kafka-prompt",
         )}
         tenants = [workload.tenant_name(i) for i in range(workload.TENANTS_IN_TRAFFIC)]
         # Baseline pods: skip when every tenant sends our service to a sandbox; deliver when the
@@ -134,6 +136,10 @@ class Bench:
         self.routes_skip.write_text(workload.routes_yaml(tenants, workload.SERVICE, workload.SANDBOX))
         self.routes_deliver = workdir / "routes-deliver.yaml"
         self.routes_deliver.write_text(workload.routes_yaml(tenants, workload.OTHER_SERVICE, workload.SANDBOX))
+        # The same routes on a routes topic of this run, for the sidecar with ``kafka:<topic>``
+        # routes (the production default); a topic of its own so as not to touch ``_ktp_routes``.
+        self.routes_topic = f"bench-routes-{self.run_id}"
+        self.tenants = tenants
         self.session: aiohttp.ClientSession | None = None
 
     def log(self, message: str) -> None:
@@ -142,6 +148,10 @@ class Bench:
     async def prepare(self) -> None:
         a = self.args
         await workload.create_topics(self.bootstrap_servers, list(self.topics.values()))
+        if "latency" in a.only:
+            await workload.write_routes_topic(self.bootstrap_servers, self.routes_topic, self.tenants,
+                                              workload.OTHER_SERVICE, workload.SANDBOX)
+            self.log(f"wrote {len(self.tenants)} routes to {self.routes_topic}")
         for name, count in (("skip", a.skip_records), ("deliver", a.deliver_records)):
             if name not in a.only:
                 continue
@@ -152,22 +162,23 @@ class Bench:
     # -- contenders ------------------------------------------------------------------------------
 
     def sidecar(
-        self, topic: str, app: App, routes: Path, trace: Path | None = None, fetch_wait_ms: int | None = None,
+        self, topic: str, app: App, routes: str, trace: Path | None = None, fetch_wait_ms: int | None = None,
         tracing: bool = False, **options: Any,
     ) -> Child:
         """The real ``ktp sidecar`` CLI configured by ``KTP_*`` (with a fetch trace: through
-        :mod:`benchmarks.traced_sidecar`). OpenTelemetry tracing is off (``OTEL_SDK_DISABLED``),
-        as without the ``otel`` extra; with ``tracing`` the SDK exports every span over OTLP/HTTP
-        to the app, which answers 200 and drops them."""
+        :mod:`benchmarks.traced_sidecar`), ``routes`` its ``KTP_ROUTES`` (``file:<path>`` or
+        ``kafka:<topic>``). OpenTelemetry tracing is off (``OTEL_SDK_DISABLED``), as without the
+        ``otel`` extra; with ``tracing`` the SDK exports every span over OTLP/HTTP to the app,
+        which answers 200 and drops them."""
         env = clean_env(
             bootstrap_servers=self.bootstrap_servers,
             service=workload.SERVICE,
             group=f"bench-{uuid.uuid4().hex[:8]}",
             topics=topic,
             app_url=app.url,
-            routes=f"file:{routes}",
+            routes=routes,
             auto_offset_reset="earliest",
-            admin_addr=f"127.0.0.1:{free_port()}",
+            admin_addr=f"127.0.0.1:{options.pop('admin_port', free_port())}",
             metrics_addr=f"127.0.0.1:{options.pop('metrics_port', free_port())}",
             publish_addr=f"127.0.0.1:{free_port()}",
             session_timeout=self.args.session_timeout,
@@ -266,7 +277,7 @@ class Bench:
             options.update(ordering="key", max_in_flight=a.max_in_flight)
         port = free_port()
         async with App(expect=records) as app:
-            sidecar = self.sidecar(topic, app, self.routes_deliver if deliver else self.routes_skip,
+            sidecar = self.sidecar(topic, app, f"file:{self.routes_deliver if deliver else self.routes_skip}",
                                    metrics_port=port, tracing=tracing, **options)
             async with sidecar:
                 start = await self.assigned(sidecar)
@@ -305,29 +316,36 @@ class Bench:
         return Throughput(LABELS[kind], records, done - start.t, cpu, peak, start.rss_mb)
 
     async def run_latency(self, kind: str, fetch_wait_ms: int | None) -> Latency:
-        """``kind`` at the fixed rate on a fresh topic; ``fetch_wait_ms`` None keeps the
-        consumer's default (what the ``ktp sidecar`` CLI runs with)."""
+        """``kind`` (``handrolled``, ``sidecar`` with ``file:`` routes or ``sidecar-kafka`` with
+        ``kafka:`` routes, both delivering everything) at the fixed rate on a fresh topic;
+        ``fetch_wait_ms`` None keeps the consumer's default (what the ``ktp sidecar`` CLI runs
+        with)."""
         a = self.args
         rate, seconds = a.latency_rate, a.latency_seconds
         count = int(rate * seconds)
         mode = "default" if fetch_wait_ms is None else "prompt"
         topic = self.topics[f"latency-{kind}-{mode}"]
         trace = self.workdir / f"fetched-{kind}-{mode}.json"
+        admin_port = free_port()
         async with App(expect=count, latency=True) as app:
-            if kind == "sidecar":
-                child = self.sidecar(topic, app, self.routes_deliver, trace=trace, fetch_wait_ms=fetch_wait_ms)
+            if kind.startswith("sidecar"):
+                routes = f"kafka:{self.routes_topic}" if kind == "sidecar-kafka" else f"file:{self.routes_deliver}"
+                child = self.sidecar(topic, app, routes, trace=trace, fetch_wait_ms=fetch_wait_ms,
+                                     admin_port=admin_port)
             else:
                 child = self.loop("handrolled", topic, count, app, trace=trace, fetch_wait_ms=fetch_wait_ms)
             async with child:
                 await self.assigned(child)
+                if kind.startswith("sidecar"):
+                    await self.check_routes(admin_port, child)
                 await asyncio.sleep(0.5)  # past the offset reset, into the fetch loop
                 warm_from_us = time.time_ns() // 1000 + LATENCY_WARMUP * 1e6
                 producing = asyncio.create_task(workload.produce_paced(
                     self.bootstrap_servers, topic, rate=rate, seconds=seconds, keys=a.keys))
                 await asyncio.sleep(LATENCY_WARMUP)
-                t0, cpu0 = time.monotonic(), child.cpu()
+                t0, cpu0, wall0_us = time.monotonic(), child.cpu(), time.time_ns() // 1000
                 await producing
-                t1, cpu1 = time.monotonic(), child.cpu()
+                t1, cpu1, wall1_us = time.monotonic(), child.cpu(), time.time_ns() // 1000
                 await self.until(self.app_reached(app, count), child, 30)
                 assert self.session is not None
                 stats = await app.stats(self.session, full=True)
@@ -348,12 +366,33 @@ class Bench:
         added.sort()
         e2e.sort()
         pauses = [duration / 1000 for _, started_us, duration in traced["gc"] if started_us >= warm_from_us]
-        label = "ktp sidecar, partition order" if kind == "sidecar" else "hand-rolled loop"
+        catch_ups = None
+        if kind == "sidecar-kafka":
+            # Over the window the CPU was measured in.
+            window_s = (wall1_us - wall0_us) / 1e6
+            syncs = [d for started, d in traced["syncs"] if wall0_us <= started < wall1_us]
+            held = sorted(d / 1000 for started, d in traced["covers"] if wall0_us <= started < wall1_us)
+            catch_ups = CatchUps(len(syncs) / window_s, len(held) / window_s, percentile(held, 0.50),
+                                 percentile(held, 0.99), held[-1] if held else float("nan"))
+        label = {"sidecar": "ktp sidecar, partition order",
+                 "sidecar-kafka": "ktp sidecar, kafka: routes (default source)",
+                 "handrolled": "hand-rolled loop"}[kind]
         return Latency(
             label, rate, fetch_wait_ms or DEFAULT_FETCH_WAIT_MS, len(added), percentile(added, 0.50), percentile(added, 0.99), added[-1],
             percentile(e2e, 0.50), percentile(e2e, 0.99), (cpu1 - cpu0) / (t1 - t0), peak,
-            len(pauses), max(pauses, default=0.0),
+            len(pauses), max(pauses, default=0.0), catch_ups,
         )
+
+    async def check_routes(self, admin_port: int, child: Child) -> None:
+        """The sidecar's table (admin ``/routes``) holds the deliver routes, whatever its source:
+        without them it would deliver everything all the same, so delivery alone proves nothing."""
+        assert self.session is not None
+        expected = {tenant: {workload.OTHER_SERVICE: workload.SANDBOX} for tenant in self.tenants}
+        async with self.session.get(f"http://127.0.0.1:{admin_port}/routes") as response:
+            table = await response.json()
+        held = {tenant: route["routes"] for tenant, route in table.get("tenants", {}).items()}
+        if held != expected:
+            raise RuntimeError(f"{child.name} holds routes {held}, expected {expected}:\n{child.output()}")
 
     async def run_consume_floor(self) -> Latency:
         """The raw aiokafka loop (counts records, delivers nothing) at the fixed rate with the
@@ -414,15 +453,18 @@ class Bench:
                         results.throughput[name] = measured
             for fetch_wait_ms in (PROMPT_FETCH_WAIT_MS, None) if "latency" in a.only else ():
                 mode = "default" if fetch_wait_ms is None else "prompt"
-                for kind in ("handrolled", "sidecar"):
+                for kind in ("handrolled", "sidecar", "sidecar-kafka"):
                     latency = await self.run_latency(kind, fetch_wait_ms)
                     results.latency[f"{kind}-{mode}"] = latency
+                    c = latency.catch_ups
                     self.log(
                         f"latency {kind}, fetch wait {latency.fetch_wait_ms} ms: fetch -> app p50 "
                         f"{latency.added_p50:.2f} ms, p99 {latency.added_p99:.2f} ms; record ts -> app p50 "
                         f"{latency.e2e_p50:.1f} ms, p99 {latency.e2e_p99:.1f} ms; {latency.vcpu:.3f} vCPU "
                         f"({latency.count:,} records); GC pauses >= 1 ms: {latency.gc_pauses}, longest "
                         f"{latency.gc_longest_ms:.1f} ms"
+                        + (f"; {c.syncs_per_s:.0f} routes syncs/s for {c.batches_per_s:.0f} batches/s, batch held "
+                           f"p50 {c.held_p50_ms:.2f} / p99 {c.held_p99_ms:.2f} ms" if c else "")
                     )
             if "latency" in a.only:
                 floor = await self.run_consume_floor()

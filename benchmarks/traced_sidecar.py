@@ -9,6 +9,12 @@ started_us, duration_us], ...]}`` at exit, the second list holding the garbage c
 of 1 ms or more. App receipt minus fetch time is the latency the sidecar itself adds: unlike
 record timestamp → receipt, it does not include how long the broker holds a fetch.
 
+With a ``kafka:`` route source it also notes, as ``"syncs"`` (``[[started_us, duration_us],
+...]``), every sync of the routes topic reader (one ListOffsets round trip on its own
+connection, then the wait for the follower to reach that offset: a catch-up, or the periodic
+sync), and as ``"covers"`` the same for each ``Sidecar._routes_cover`` call (one per fetched
+batch: how long the fetch loop held that batch while the table caught up).
+
 ``FETCH_MAX_WAIT_MS`` sets the consumer's ``fetch_max_wait_ms`` (aiokafka's default is 500, and
 the sidecar has no option for it). Tansu answers a parked fetch only when about half of it has
 passed, even when records have arrived, where Apache Kafka answers as soon as
@@ -31,6 +37,8 @@ from aiokafka.structs import ConsumerRecord
 
 from proxy import cli
 from proxy.listener.kafka import KafkaListener
+from proxy.routing.sources.kafka import RoutesTopicReader
+from proxy.sidecar.runtime import Sidecar
 
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 GC_PAUSE_NOTED_US = 1000
@@ -62,6 +70,28 @@ def main() -> int:
 
     KafkaListener.fetch = fetch  # type: ignore[method-assign]
 
+    syncs: list[tuple[int, int]] = []
+    covers: list[tuple[int, int]] = []
+    original_sync = RoutesTopicReader._sync
+    original_cover = Sidecar._routes_cover
+
+    async def sync(self: RoutesTopicReader) -> int:
+        started_us, started_ns = time.time_ns() // 1000, time.perf_counter_ns()
+        try:
+            return await original_sync(self)
+        finally:
+            syncs.append((started_us, (time.perf_counter_ns() - started_ns) // 1000))
+
+    async def routes_cover(self: Sidecar, batch: Batch) -> bool:
+        started_us, started_ns = time.time_ns() // 1000, time.perf_counter_ns()
+        try:
+            return await original_cover(self, batch)
+        finally:
+            covers.append((started_us, (time.perf_counter_ns() - started_ns) // 1000))
+
+    RoutesTopicReader._sync = sync  # type: ignore[method-assign]
+    Sidecar._routes_cover = routes_cover  # type: ignore[method-assign]
+
     pauses: list[tuple[int, int, int]] = []
     collecting: list[int] = []
 
@@ -76,7 +106,7 @@ def main() -> int:
 
     def dump() -> None:
         with open(trace_file, "w") as handle:
-            json.dump({"fetched": fetched, "gc": pauses}, handle)
+            json.dump({"fetched": fetched, "gc": pauses, "syncs": syncs, "covers": covers}, handle)
 
     atexit.register(dump)
     return cli.main(["sidecar"])

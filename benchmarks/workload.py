@@ -15,6 +15,11 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from proxy.kafka import KafkaConnection
+from proxy.routing.records import encode_value
+from proxy.routing.sources.catchup import now_ms
+from proxy.routing.sources.kafka import ensure_routes_topic
+
 PARTITIONS = 4
 VALUE_BYTES = 200
 TENANTS_IN_TRAFFIC = 10
@@ -60,6 +65,24 @@ def routes_yaml(tenants: Sequence[str], service: str, sandbox: str) -> str:
     lines = ["tenants:"]
     lines += [f'  "{tenant}": {{{service}: {sandbox}}}' for tenant in tenants]
     return "\n".join(lines) + "\n"
+
+
+async def write_routes_topic(
+    bootstrap_servers: str, topic: str, tenants: Sequence[str], service: str, sandbox: str
+) -> None:
+    """A ``kafka:<topic>`` routes topic sending ``service`` of every tenant to ``sandbox``, as
+    the route service writes it (:mod:`proxy.routeservice.store`): the topic created by
+    ``ensure_routes_topic`` (one partition, compacted), then one record per tenant on partition 0
+    with ``acks=all``, key the tenant, value ``encode_value`` effective from now."""
+    await ensure_routes_topic(KafkaConnection(bootstrap_servers=bootstrap_servers), topic)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", client_id="bench-routes")
+    await producer.start()
+    try:
+        for tenant in tenants:
+            value = encode_value(tenant, {service: sandbox}, now_ms())
+            await producer.send_and_wait(topic, value, key=tenant.encode(), partition=0)
+    finally:
+        await producer.stop()
 
 
 async def create_topics(bootstrap_servers: str, names: Sequence[str]) -> None:
