@@ -344,9 +344,10 @@ class Sidecar:
     async def _routes_cover(self, batch: Batch) -> bool:
         """Make the route table complete up to the newest record of ``batch`` before deciding it.
 
-        Routes are judged at the record's time (DESIGN.md): a record newer than what the table is
-        known to hold may belong to a route written just now, so the source catches up first (one
-        cheap round trip, shared by concurrent callers, at most once per batch). Records from
+        Routes are judged at the record's time (DESIGN.md): a record with a tenant, newer than
+        what the table is known to hold, may belong to a route written just now, so the source
+        catches up first (one round trip, shared by concurrent callers, at most once per batch; a
+        batch whose newer records carry no tenant needs none, see :meth:`_tenants_after`). Records from
         clocks ahead of ours are decided once the catch-up returns.
 
         If the routes cannot be read, deciding on a table that may miss a new route could let
@@ -357,8 +358,9 @@ class Sidecar:
         """
         source = self._catch_up_source
         assert source is not None
+        synced_at_ms = source.synced_at_ms
         newest = max(records[-1].timestamp for records in batch.values())
-        if newest <= source.synced_at_ms:
+        if newest <= synced_at_ms or not self._tenants_after(batch, synced_at_ms):
             return True
         if self._routes_behind_since is None:
             try:
@@ -374,6 +376,26 @@ class Sidecar:
         for tp, records in batch.items():
             if tp in self.listener.assignment():
                 consumer.seek(tp, records[0].offset)
+        return False
+
+    def _tenants_after(self, batch: Batch, since_ms: int) -> bool:
+        """Whether some record of ``batch`` newer than ``since_ms`` carries a tenant. Records
+        without one (no baggage, no tenant key, or baggage we cannot read) are decided without
+        the routes (baseline takes them, sandboxes skip them), so a batch of only those needs no
+        catch-up: in a shared environment most traffic is such, and it keeps flowing even while
+        the routes cannot be read. Timestamps within a partition need not grow (several
+        producers), so every record is looked at; the tenant comes from the extractor's cache."""
+        extractor = self.extractor
+        for records in batch.values():
+            for record in records:
+                if record.timestamp <= since_ms:
+                    continue
+                for name, value in record.headers:
+                    # tenant.baggage_value, inlined as in _handle.
+                    if name == BAGGAGE_HEADER or (len(name) == 7 and name.lower() == BAGGAGE_HEADER):
+                        if extractor.from_baggage(value).tenant is not None:
+                            return True
+                        break
         return False
 
     async def _retry_routes(self) -> None:

@@ -73,3 +73,65 @@ async def test_records_wait_while_routes_cannot_be_read(tmp_path: Path) -> None:
     assert during_cut == 0 and paused
     assert (twice, len(records) - len(handled), misrouted) == (0, 0, 0)
     assert ready_again
+
+
+async def test_records_without_a_tenant_flow_while_routes_cannot_be_read(tmp_path: Path) -> None:
+    """Records with no tenant (no baggage, baggage without the tenant key, baggage we cannot
+    read) are decided without the routes: baseline takes them, sandboxes skip them. So they need
+    no catch-up, and keep flowing while the route readers are cut off; a record with a tenant
+    produced after them still waits for the routes, then goes to exactly one version."""
+    token = tmp_path / "token"
+    token.write_text("t")
+    async with broker_behind_proxy(tmp_path) as (_, proxy):
+        bootstrap = f"127.0.0.1:{proxy.port}"
+        topic = await create_topic(bootstrap, "orders", 4)
+        config = RouteServiceConfig(
+            kafka=KafkaConnection(bootstrap_servers=bootstrap), listen=("127.0.0.1", 0),
+            routes_topic="_ktp_routes", groups_topic="_ktp_sandbox_groups", token_file=str(token),
+        )
+        async with RouteService(config) as service, RouteServiceClient(service.url, token="t") as routes:
+            await routes.put("123", {SERVICE: "pr-42"})
+            async with RecordingApp("baseline") as base_app, RecordingApp("sandbox") as sandbox_app:
+                pods = [
+                    Sidecar(sidecar_config(bootstrap, topic, app.url, "", sandbox=sandbox, routes="kafka:"))
+                    for app, sandbox in ((base_app, None), (sandbox_app, "pr-42"))
+                ]
+                async with pods[0], pods[1]:
+                    await until(lambda: all(p.readiness()[0] for p in pods), what="both pods ready")
+                    proxy.cut({ROUTE_READER})
+                    untenanted: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+                    for n in range(60):
+                        untenanted += [
+                            (None, f"none/{n}".encode(), []),
+                            (None, f"other/{n}".encode(), [("baggage", b"user=7,region=eu")]),
+                            (None, f"bad/{n}".encode(), [("baggage", b"tenant=\xff\xfe")]),
+                        ]
+                    await produce(bootstrap, topic, untenanted)
+                    # Well within the routes' catch-up timeout (10 s): without the shortcut each
+                    # batch would wait for it, fail, and be put back until the routes return.
+                    await until(lambda: len(base_app.received) >= len(untenanted), timeout=8,
+                                what="baseline took every record without a tenant during the cut")
+                    flowed_during_cut = len(base_app.received)
+                    sandbox_during_cut = len(sandbox_app.received)
+                    held_back = [sorted(p.listener.paused(tp)) for p in pods for tp in p.listener.assignment()]
+                    await produce(bootstrap, topic, [(None, b"123/after", baggage("123"))])
+                    await until(
+                        lambda: all(not p.readiness()[1]["routes_synced"] for p in pods),
+                        timeout=30, what="the tenant's record makes both pods wait for the routes",
+                    )
+                    tenant_during_cut = sum(r.body == b"123/after" for r in base_app.received + sandbox_app.received)
+                    proxy.heal()
+                    await until(lambda: any(r.body == b"123/after" for r in sandbox_app.received),
+                                timeout=40, what="the tenant's record handled after the routes came back")
+                    await asyncio.sleep(1.0)
+    handled = collections.Counter(r.body for r in base_app.received + sandbox_app.received)
+    print(
+        f"ACCOUNT routes unreadable, records without a tenant: {flowed_during_cut} of {len(untenanted)} "
+        f"delivered by baseline during the cut, sandbox {sandbox_during_cut}, tenant record during the cut "
+        f"{tenant_during_cut}"
+    )
+    assert flowed_during_cut == len(untenanted) and sandbox_during_cut == 0
+    assert all(reasons == [] for reasons in held_back), held_back
+    assert tenant_during_cut == 0
+    assert handled[b"123/after"] == 1 and not any(r.body == b"123/after" for r in base_app.received)
+    assert max(handled.values()) == 1 and len(sandbox_app.received) == 1
