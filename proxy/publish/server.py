@@ -123,11 +123,14 @@ class KafkaPublisher:
             )
             try:
                 await producer.start()
-            except (KafkaError, OSError) as exc:
+            except Exception as exc:
+                # Any failed connect is retried, not only a KafkaError: aiokafka 0.14 raises
+                # KeyError on a SCRAM refusal it cannot parse (see Sidecar._connect_kafka).
                 await producer.stop()
                 log.warning(
                     "publish: Kafka at %s not reachable (%r); retrying in %.1fs",
                     self.connection.bootstrap_servers, exc, delay,
+                    exc_info=not isinstance(exc, (KafkaError, OSError)),
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CONNECT_RETRY_MAX)

@@ -32,7 +32,7 @@ from proxy.listener.kafka import Batch, KafkaListener
 from proxy.listener.progress import StallDetector
 from proxy.metrics import Metrics
 from proxy.routing.filter import Decided, RouteFilter
-from proxy.errors import BrokerError, RouteSourceError
+from proxy.errors import BrokerError, ConfigError, RouteSourceError
 from proxy.routeservice.groups import SandboxGroup, register_sandbox_group
 from proxy.routing.sources import CatchUpRouteSource, RouteSource, create_route_source
 from proxy.routing.tenant import BAGGAGE_HEADER, TenantExtractor
@@ -227,13 +227,21 @@ class Sidecar:
                     self._started.append(self.dead_letters)
                 await self.listener.start()
                 return
-            except (KafkaError, BrokerError) as exc:
+            except ConfigError:
+                raise  # a wrong setting (e.g. the routes topic's partitions) does not heal by retrying
+            except Exception as exc:
+                # Not only KafkaError: aiokafka 0.14 raises KeyError on a broker's SCRAM refusal
+                # it cannot parse (Tansu's). Any failed connect is retried with backoff, logged
+                # (with the traceback when it is not a Kafka error), with /healthz answering and
+                # /readyz saying why: a crash would only restart the container into the same
+                # failure, and a retry reads a rotated password file again.
                 if self.dead_letters is not None and self.dead_letters in self._started:
                     self._started.remove(self.dead_letters)
                     await self.dead_letters.stop()
+                expected = isinstance(exc, (KafkaError, BrokerError, OSError))
                 log.warning(
                     "Kafka at %s not reachable (%r); retrying in %.1fs",
-                    self.config.kafka.bootstrap_servers, exc, delay,
+                    self.config.kafka.bootstrap_servers, exc, delay, exc_info=not expected,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, KAFKA_RETRY_MAX)

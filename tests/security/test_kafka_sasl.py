@@ -224,3 +224,53 @@ def test_every_kafka_option_is_a_flag_or_env_only_secret() -> None:
     by_name = {o.name: o for o in SIDECAR_OPTIONS}
     assert by_name["sasl-password"].env_only
     assert all(not o.env_only for name, o in by_name.items() if name != "sasl-password")
+
+
+@pytest.mark.parametrize("route_source", ["file", "kafka:"])
+async def test_a_refused_scram_login_is_retried_not_a_crash(
+    sasl_broker: EmbeddedBroker, tmp_path: Path, all_logs: pytest.LogCaptureFixture, route_source: str
+) -> None:
+    """Tansu refuses the SCRAM login of an unknown user with an answer aiokafka 0.14 cannot parse
+    (it raises KeyError, not a KafkaError). The sidecar must treat it like any failed connect:
+    log it, keep /healthz answering and /readyz saying why, and retry with backoff (the password
+    file is read again at each try, so a rotated or late-mounted secret is picked up) — not crash
+    the container into a restart loop. With ``kafka:`` routes the routes reader meets the refusal
+    first, while the publish endpoint's producer meets it in the background."""
+    routes = tmp_path / "routes.yaml"
+    routes.write_text("tenants: {}\n")
+    connection = KafkaConnection(
+        bootstrap_servers=sasl_broker.bootstrap_servers,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-256",
+        sasl_username="nobody",
+        sasl_password_file=write_secret(tmp_path / "password", PASSWORD),
+    )
+    async with RecordingApp() as app:
+        sidecar = Sidecar(sidecar_config(
+            sasl_broker.bootstrap_servers, "t-scram", app.url, str(routes), kafka=connection,
+            **({"routes": "kafka:"} if route_source == "kafka:" else {}),
+        ))
+        starting = asyncio.create_task(sidecar.start())
+        try:
+            for _ in range(400):
+                retries = [r for r in all_logs.records if r.name.startswith("proxy.") and "retrying in" in r.getMessage()
+                           and "KeyError" in r.getMessage() and "publish" not in r.getMessage()]
+                if len(retries) >= 2 or starting.done():
+                    break
+                await asyncio.sleep(0.05)
+            crashed = starting.exception() if starting.done() else None
+            assert crashed is None, f"start() ended with {crashed!r} instead of retrying"
+            assert len(retries) >= 2, "expected the connect to be retried"
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{sidecar.admin.port}/healthz") as response:
+                    assert response.status == 200
+                async with session.get(f"http://127.0.0.1:{sidecar.admin.port}/readyz") as response:
+                    assert response.status == 503
+                    assert (await response.json())["checks"]["group_joined"] is False
+        finally:
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await sidecar.stop()
+    logged = logged_text(all_logs)
+    assert "n=nobody" in logged  # the SCRAM exchange did run
+    assert PASSWORD not in logged

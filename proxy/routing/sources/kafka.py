@@ -305,11 +305,17 @@ class RoutesTopicReader:
                 follower.assign([self._tp])
                 await follower.seek_to_beginning(self._tp)
                 return
-            except (BrokerError, KafkaError, OSError) as exc:
+            except ConfigError:
+                raise  # a wrong setting (e.g. the routes topic's partitions) does not heal by retrying
+            except Exception as exc:
+                # Any failed connect is retried, not only a KafkaError: aiokafka 0.14 raises
+                # KeyError on a SCRAM refusal it cannot parse (see Sidecar._connect_kafka).
                 await self._close_clients()
+                if not isinstance(exc, (BrokerError, KafkaError, OSError)):
+                    log.warning("routes topic %s: unexpected error while connecting", self.topic, exc_info=True)
                 self._report(
                     f"routes topic {self.topic!r} on {self.connection.bootstrap_servers} unreachable, "
-                    f"retrying in {delay:.1f}s: {exc}"
+                    f"retrying in {delay:.1f}s: {exc!r}"
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
