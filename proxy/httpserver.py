@@ -36,18 +36,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
+from proxy.http1 import BAD_HEAD_BYTES, MAX_CHUNK_LINE, MAX_HEAD_BYTES, NO_BODY_STATUSES, TOKEN
+
 log = logging.getLogger(__name__)
 
-MAX_HEAD_BYTES = 64 * 1024
 MAX_LINE_BYTES = 8190
-MAX_CHUNK_LINE = 1024
 KEEPALIVE_TIMEOUT = 75.0
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
-NO_BODY_STATUSES = frozenset({204, 304})
-
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-# Controls other than HTAB, and CR or LF that are not a CRLF pair: never in a valid head.
-_BAD_HEAD_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r\n")
@@ -100,13 +95,13 @@ def parse_request_head(head: bytes) -> RequestHead:
     saying what is wrong."""
     if len(head) > MAX_HEAD_BYTES:
         raise HttpError(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
-    if _BAD_HEAD_BYTES.search(head) is not None:
+    if BAD_HEAD_BYTES.search(head) is not None:
         raise HttpError(400, "header names and values may not contain CR, LF, NUL or other control characters")
     lines = head.split(b"\r\n")
     if any(len(line) > MAX_LINE_BYTES for line in lines):
         raise HttpError(431, f"a request line or header field is longer than {MAX_LINE_BYTES} bytes")
     parts = lines[0].split(b" ")
-    if len(parts) != 3 or _TOKEN.fullmatch(parts[0]) is None or _TARGET.fullmatch(parts[1]) is None:
+    if len(parts) != 3 or TOKEN.fullmatch(parts[0]) is None or _TARGET.fullmatch(parts[1]) is None:
         raise HttpError(400, f"invalid request line {lines[0][:80]!r}")
     if parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
         raise HttpError(505 if parts[2].startswith(b"HTTP/") else 400, f"unsupported version {parts[2][:20]!r}")
@@ -114,7 +109,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     headers: dict[str, str] = {}
     for line in lines[1:]:
         raw_name, colon, raw_value = line.partition(b":")
-        if not colon or _TOKEN.fullmatch(raw_name) is None:
+        if not colon or TOKEN.fullmatch(raw_name) is None:
             # A folded line starts with SP or HTAB: not a token either.
             raise HttpError(400, f"invalid header field {line[:80]!r}")
         name = raw_name.decode("ascii").lower()
@@ -172,7 +167,7 @@ class Response:
         if self.close:
             lines.append("connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if _BAD_HEAD_BYTES.search(head[:-4]) is not None:
+        if BAD_HEAD_BYTES.search(head[:-4]) is not None:
             raise ValueError("a response header has CR, LF or a control character")
         return head if head_only else head + self.body
 
@@ -255,7 +250,7 @@ class Request:
         trailers = 0
         while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
             trailers += len(line)
-            if trailers > MAX_HEAD_BYTES or _BAD_HEAD_BYTES.search(line[:-2]) is not None:
+            if trailers > MAX_HEAD_BYTES or BAD_HEAD_BYTES.search(line[:-2]) is not None:
                 raise HttpError(400, "invalid trailer fields")
         return b"".join(chunks)
 

@@ -29,15 +29,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-MAX_HEAD_BYTES = 64 * 1024
+from proxy.http1 import BAD_HEAD_BYTES, MAX_CHUNK_LINE, MAX_HEAD_BYTES, NO_BODY_STATUSES, TOKEN
+
 MAX_KEPT_BYTES = 4096
 MAX_DRAIN_BYTES = 1024 * 1024
-MAX_CHUNK_LINE = 1024
-NO_BODY_STATUSES = frozenset({204, 304})
-
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-# Controls other than HTAB, and CR or LF that are not a CRLF pair: never in a valid head.
-_BAD_HEAD_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 
@@ -73,7 +68,7 @@ def _name(raw: bytes) -> str:
     known = _KNOWN_NAMES.get(raw)
     if known is not None:
         return known
-    if _TOKEN.fullmatch(raw) is None:
+    if TOKEN.fullmatch(raw) is None:
         raise ProtocolError(f"invalid header name {raw[:40]!r}")
     name = raw.decode("ascii").lower()
     if len(_KNOWN_NAMES) < _KNOWN_NAMES_MAX:
@@ -110,7 +105,7 @@ _INTERIM = _Head(100, {}, _HEAD, 0, True, interim=True)
 
 def _parse_head(head: bytes) -> _Head:
     """Parse a status line and header fields (RFC 9112, as the module doc says)."""
-    if _BAD_HEAD_BYTES.search(head) is not None:
+    if BAD_HEAD_BYTES.search(head) is not None:
         raise ProtocolError("control characters or a bare CR/LF in the response head")
     lines = head.split(b"\r\n")
     line = lines[0]
@@ -273,7 +268,7 @@ class ResponseParser:
                 self._head_bytes += end + 2
                 if self._head_bytes > MAX_HEAD_BYTES:
                     raise ProtocolError(f"trailers larger than {MAX_HEAD_BYTES} bytes")
-                if _BAD_HEAD_BYTES.search(line) or b":" not in line:
+                if BAD_HEAD_BYTES.search(line) or b":" not in line:
                     raise ProtocolError(f"invalid trailer field {line[:40]!r}")
             else:  # _UNTIL_CLOSE
                 if self._take(buffer):
