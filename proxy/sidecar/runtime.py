@@ -35,7 +35,7 @@ from proxy.routing.filter import Decided, RouteFilter
 from proxy.errors import BrokerError, ConfigError, RouteSourceError
 from proxy.routeservice.groups import SandboxGroup, register_sandbox_group
 from proxy.routing.sources import CatchUpRouteSource, RouteSource, create_route_source
-from proxy.routing.tenant import BAGGAGE_HEADER, TenantExtractor
+from proxy.routing.tenant import BAGGAGE_HEADER, TenantExtractor, baggage_value
 from proxy.sidecar.config import SidecarConfig
 from proxy.sidecar.interop import build_interop
 from proxy.upstream.health import AppHealth
@@ -393,18 +393,12 @@ class Sidecar:
         catch-up: in a shared environment most traffic is such, and it keeps flowing even while
         the routes cannot be read. Timestamps within a partition need not grow (several
         producers), so every record is looked at; the tenant comes from the extractor's cache."""
-        extractor = self.extractor
-        for records in batch.values():
-            for record in records:
-                if record.timestamp <= since_ms:
-                    continue
-                for name, value in record.headers:
-                    # tenant.baggage_value, inlined as in _handle.
-                    if name == BAGGAGE_HEADER or (len(name) == 7 and name.lower() == BAGGAGE_HEADER):
-                        if extractor.from_baggage(value).tenant is not None:
-                            return True
-                        break
-        return False
+        from_baggage = self.extractor.from_baggage
+        return any(
+            record.timestamp > since_ms and from_baggage(baggage_value(record.headers)).tenant is not None
+            for records in batch.values()
+            for record in records
+        )
 
     async def _retry_routes(self) -> None:
         """While the routes are behind: try a catch-up now and then; resume when one succeeds."""
