@@ -139,6 +139,10 @@ def _refusal(head: bytes, error: httptools.HttpParserError) -> HttpError:
         return error.__context__
     if isinstance(error, httptools.HttpParserInvalidMethodError):
         return HttpError(501, f"method not implemented: {head.partition(b' ')[0][:20]!r}")
+    if BAD_HEAD_BYTES.search(head) is not None:
+        # llhttp says where it stopped ("Missing expected LF after header value"); the client
+        # is better served by what it must not send.
+        return HttpError(400, "header names and values may not contain CR, LF, NUL or other control characters")
     return HttpError(400, f"invalid request head: {error}")
 
 
