@@ -49,7 +49,7 @@ from proxy.errors import PublishError
 from proxy.httpserver import BodyTooLarge, HttpError, LocalHttpServer, Request, Response
 from proxy.kafka import KafkaConnection
 from proxy.metrics import Metrics
-from proxy.publish.contexts import DeliveryContexts
+from proxy.delivery.contexts import DeliveryContexts
 from proxy.publish.request import (
     DEFAULT_PUBLISH_MAX_BYTES,
     DEFAULT_PUBLISH_TIMEOUT,

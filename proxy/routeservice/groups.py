@@ -33,9 +33,9 @@ from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 
 from proxy.errors import BrokerError, RouteError
 from proxy.kafka import KafkaConnection
-from proxy.routing.records import RouteRecord
-from proxy.routing.sources.kafka import ensure_routes_topic
-from proxy.routing.table import check_name
+from proxy.routes.records import RouteRecord
+from proxy.routes.topic import ensure_routes_topic
+from proxy.routes.table import check_name
 
 log = logging.getLogger(__name__)
 

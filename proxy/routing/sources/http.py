@@ -20,9 +20,9 @@ import ssl
 from collections.abc import Callable
 
 from proxy.errors import RouteSourceError
-from proxy.routeservice.client import RouteServiceClient, RouteServiceError, WatchResult
-from proxy.routing.sources.catchup import CatchUp
-from proxy.routing.table import RouteTable
+from proxy.routes.client import RouteServiceClient, RouteServiceError, WatchResult
+from proxy.routes.catchup import CatchUp
+from proxy.routes.table import RouteTable
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The routes topic (``_ktp_routes`` unless named) has one partition, so its offsets are one global
 order of route writes, and is compacted, so it keeps the last record of every tenant forever
-(deletions are JSON records, not tombstones: see :mod:`proxy.routing.records`).
+(deletions are JSON records, not tombstones: see :mod:`proxy.routes.records`).
 
 :class:`RoutesTopicReader` reads it from the beginning with manual assignment (no consumer group:
 nothing to join, nothing to commit, every reader sees every record) and follows it. The same
@@ -40,9 +40,8 @@ from aiokafka.errors import KafkaError
 
 from proxy.errors import BrokerError, ConfigError, RouteError, RouteSourceError
 from proxy.kafka import KafkaConnection
-from proxy.routing.records import EffectiveTimes, RouteRecord, decode_record
-from proxy.routing.sources.catchup import CatchUp, now_ms
-from proxy.routing.table import RouteTable
+from proxy.routes.records import EffectiveTimes, RouteRecord, decode_record
+from proxy.routes.catchup import CatchUp, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +151,7 @@ def _check_cleanup_policy(topic: str, responses: list[Any]) -> None:
 class RoutesTopicReader:
     """Reads the routes topic from the beginning, then follows it, handing decoded records to
     ``on_records`` in offset order (with effective times made strictly increasing per tenant,
-    :class:`~proxy.routing.records.EffectiveTimes`).
+    :class:`~proxy.routes.records.EffectiveTimes`).
 
     ``start()`` returns once the first sync is done (``synced``), retrying while Kafka cannot be
     reached; it raises :class:`ConfigError` for an unusable topic.
@@ -395,77 +394,3 @@ class RoutesTopicReader:
         log.warning("%s", message)
         if self._on_error is not None:
             self._on_error(message)
-
-
-class KafkaRouteSource:
-    """The sidecar's table, kept by reading the routes topic (``--routes kafka:[<topic>]``).
-
-    Every record becomes a :class:`~proxy.routing.table.Route` at its effective time (a deletion
-    is a route with no services), so the table keeps each tenant's history and decides records
-    at their own time. ``start()`` returns once the table is synced.
-    """
-
-    def __init__(
-        self,
-        connection: KafkaConnection,
-        topic: str = DEFAULT_ROUTES_TOPIC,
-        *,
-        table: RouteTable | None = None,
-        on_error: Callable[[str], None] | None = None,
-        create_topic: bool = True,
-        fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
-        sync_interval: float = DEFAULT_SYNC_INTERVAL,
-        catch_up_timeout: float = DEFAULT_CATCH_UP_TIMEOUT,
-        client_id: str = "ktp-sidecar-routes",
-    ) -> None:
-        self.table = table if table is not None else RouteTable()
-        self.reader = RoutesTopicReader(
-            connection,
-            topic,
-            on_records=self._apply,
-            on_error=on_error,
-            create_topic=create_topic,
-            fetch_max_wait_ms=fetch_max_wait_ms,
-            sync_interval=sync_interval,
-            catch_up_timeout=catch_up_timeout,
-            client_id=client_id,
-        )
-
-    def __repr__(self) -> str:
-        return f"KafkaRouteSource(topic={self.reader.topic!r}, table={self.table!r})"
-
-    def describe(self) -> str:
-        return f"kafka:{self.reader.topic}"
-
-    @property
-    def synced_at_ms(self) -> int:
-        """Wall-clock time (ms) before which every acknowledged route write is in the table."""
-        return self.reader.synced_at_ms
-
-    async def start(self) -> None:
-        await self.reader.start()
-        self.table.synced = True
-
-    async def stop(self) -> None:
-        await self.reader.stop()
-
-    async def __aenter__(self) -> KafkaRouteSource:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def catch_up(self, at_ms: int | None = None) -> None:
-        """Return once the table includes every route written to the topic before this call.
-
-        Cheap when nothing was written since the last sync (one ListOffsets round trip), and
-        shared by concurrent callers. With ``at_ms`` (a record's timestamp), return at once when
-        the table is already complete up to it. Raises :class:`RouteSourceError` when the topic
-        cannot be reached in time; the table keeps what it has.
-        """
-        await self.reader.catch_up(at_ms)
-
-    def _apply(self, records: list[RouteRecord]) -> None:
-        for record in records:
-            self.table.apply(record.to_route())
