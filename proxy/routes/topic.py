@@ -38,6 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from proxy.backoff import Backoff, retry_connect
 from proxy.errors import BrokerError, ConfigError, RouteError, RouteSourceError
 from proxy.kafka import KafkaConnection
 from proxy.routes.records import EffectiveTimes, RouteRecord, decode_record
@@ -255,14 +256,15 @@ class RoutesTopicReader:
         await self._connect()
         follower = asyncio.create_task(self._follow(), name=f"ktp-routes-follow-{self.topic}")
         try:
-            delay = RETRY_INITIAL
+            backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
             while not self.synced:
                 try:
                     await self.catch_up()
                 except RouteSourceError as exc:
-                    self._report(f"routes topic {self.topic!r}: first sync failed, retrying in {delay:.1f}s: {exc}")
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
+                    self._report(
+                        f"routes topic {self.topic!r}: first sync failed, retrying in {backoff.delay:.1f}s: {exc}"
+                    )
+                    await backoff.wait()
                     continue
                 self.synced = True
                 self._synced_event.set()
@@ -279,45 +281,47 @@ class RoutesTopicReader:
                 await follower
 
     async def _connect(self) -> None:
-        delay = RETRY_INITIAL
-        while True:
-            try:
-                await ensure_routes_topic(
-                    self.connection,
-                    self.topic,
-                    create=self.create_topic,
-                    replication_factor=self.replication_factor,
-                )
-                kwargs = self.connection.client_kwargs()
-                follower = AIOKafkaConsumer(
-                    **kwargs,
-                    group_id=None,
-                    enable_auto_commit=False,
-                    auto_offset_reset="earliest",
-                    fetch_max_wait_ms=self.fetch_max_wait_ms,
-                    client_id=self.client_id,
-                )
-                offsets = AIOKafkaConsumer(**kwargs, group_id=None, enable_auto_commit=False, client_id=self.client_id)
-                self._follower, self._offsets = follower, offsets
-                await follower.start()
-                await offsets.start()
-                follower.assign([self._tp])
-                await follower.seek_to_beginning(self._tp)
-                return
-            except ConfigError:
-                raise  # a wrong setting (e.g. the routes topic's partitions) does not heal by retrying
-            except Exception as exc:
-                # Any failed connect is retried, not only a KafkaError: aiokafka 0.14 raises
-                # KeyError on a SCRAM refusal it cannot parse (see Sidecar._connect_kafka).
-                await self._close_clients()
-                if not isinstance(exc, (BrokerError, KafkaError, OSError)):
-                    log.warning("routes topic %s: unexpected error while connecting", self.topic, exc_info=True)
-                self._report(
-                    f"routes topic {self.topic!r} on {self.connection.bootstrap_servers} unreachable, "
-                    f"retrying in {delay:.1f}s: {exc!r}"
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+        # A wrong setting (e.g. the routes topic's partitions) does not heal by retrying.
+        await retry_connect(
+            self._connect_once,
+            backoff=Backoff(RETRY_INITIAL, RETRY_MAX),
+            failed=self._connect_failed,
+            fatal=(ConfigError,),
+        )
+
+    async def _connect_once(self) -> None:
+        await ensure_routes_topic(
+            self.connection,
+            self.topic,
+            create=self.create_topic,
+            replication_factor=self.replication_factor,
+        )
+        kwargs = self.connection.client_kwargs()
+        follower = AIOKafkaConsumer(
+            **kwargs,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+            client_id=self.client_id,
+        )
+        offsets = AIOKafkaConsumer(**kwargs, group_id=None, enable_auto_commit=False, client_id=self.client_id)
+        self._follower, self._offsets = follower, offsets
+        await follower.start()
+        await offsets.start()
+        follower.assign([self._tp])
+        await follower.seek_to_beginning(self._tp)
+
+    async def _connect_failed(self, exc: Exception, delay: float) -> None:
+        # Any failed connect is retried, not only a KafkaError: aiokafka 0.14 raises
+        # KeyError on a SCRAM refusal it cannot parse (see Sidecar._connect_kafka).
+        await self._close_clients()
+        if not isinstance(exc, (BrokerError, KafkaError, OSError)):
+            log.warning("routes topic %s: unexpected error while connecting", self.topic, exc_info=True)
+        self._report(
+            f"routes topic {self.topic!r} on {self.connection.bootstrap_servers} unreachable, "
+            f"retrying in {delay:.1f}s: {exc!r}"
+        )
 
     async def _close_clients(self) -> None:
         for client in (self._follower, self._offsets):
@@ -329,7 +333,7 @@ class RoutesTopicReader:
     async def _follow(self) -> None:
         follower = self._follower
         assert follower is not None
-        delay = RETRY_INITIAL
+        backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
         while True:
             try:
                 batch = await follower.getmany(self._tp, timeout_ms=_POLL_TIMEOUT_MS)
@@ -340,11 +344,10 @@ class RoutesTopicReader:
             except Exception as exc:
                 if not isinstance(exc, KafkaError):
                     log.exception("routes topic %s: unexpected error while following", self.topic)
-                self._report(f"reading routes topic {self.topic!r} failed, retrying in {delay:.1f}s: {exc!r}")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                self._report(f"reading routes topic {self.topic!r} failed, retrying in {backoff.delay:.1f}s: {exc!r}")
+                await backoff.wait()
                 continue
-            delay = RETRY_INITIAL
+            backoff.reset()
 
     def _take(self, messages: Any, position: int) -> None:
         records = []
