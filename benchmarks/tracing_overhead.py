@@ -28,7 +28,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from proxy.delivery.dispatcher import PartitionState
+from proxy.listener.partitions import PartitionState
 from proxy.delivery.headers import build_headers, forwarded_header_names
 from proxy.delivery.interop import DeliveryInterop
 from proxy.kafka import KafkaConnection

@@ -18,79 +18,25 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Hashable, Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.headers import build_headers
 from proxy.delivery.interop import DeliveryInterop
 from proxy.delivery.policy import Outcome, RetryPolicy, Verdict, classify, parse_retry_after
+from proxy.delivery.ports import Health, Pauser, Upstream
 from proxy.errors import AppUnavailable
-from proxy.listener.kafka import KafkaListener
-from proxy.listener.offsets import PartitionOffsets
+from proxy.listener.partitions import PartitionState, Partitions
 from proxy.metrics import Metrics
-from proxy.upstream.health import AppHealth
-from proxy.upstream.http import AppConnectError, AppTimeout, HttpUpstream
+from proxy.upstream.http import AppConnectError, AppTimeout
 
 log = logging.getLogger(__name__)
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-# Records fetched but not done, the whole sidecar's, that backpressure aims at: each costs about
-# 1.1 KB of memory (the record, its headers, its queue and watermark entries; 200-byte values),
-# and a few hundred per partition keep its lane busy between fetches. The budget is split evenly
-# among the assigned partitions (Dispatcher.assigned): a partition at its share is not fetched
-# until it is down to a quarter of it, so one slow partition holds at most about its share (plus
-# one fetch) and leaves the others their room. A fetch asks for the room left, but for at least
-# one share (Dispatcher.room), and the broker may hand it all to one partition: the pending
-# records of the whole sidecar stay under about twice the budget (1,792 at most in
-# tests/integration/test_backpressure.py with 4 partitions).
-MAX_PENDING_RECORDS = 1024
-MIN_PARTITION_SHARE = 32
-
-
-@dataclass(eq=False, slots=True)
-class PartitionState:
-    """What the sidecar holds for one assigned partition."""
-
-    tp: TopicPartition
-    offsets: PartitionOffsets = field(default_factory=PartitionOffsets)
-    lanes: set[Hashable] = field(default_factory=set)
-    # Lanes of this partition waiting to retry; the partition is paused while any is.
-    retrying: int = 0
-    # Not fetched for now: too many of its records are not done yet (Dispatcher.check_backpressure).
-    backpressured: bool = False
-    # Read before every delivery: a plain attribute, the event is for waits to end on.
-    revoked: bool = field(default=False, init=False)
-    _revoked: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
-
-    def revoke(self) -> None:
-        """Stop this partition's lanes: waits (backoff, app health) end at once."""
-        self.revoked = True
-        self._revoked.set()
-
-    async def sleep_unless_revoked(self, seconds: float) -> None:
-        """Sleep ``seconds``, or less if the partition is revoked meanwhile: a rebalance never
-        waits for a backoff (a ``Retry-After`` may be a minute)."""
-        try:
-            async with asyncio.timeout(seconds):
-                await self._revoked.wait()
-        except TimeoutError:
-            pass
-
-    async def wait_unless_revoked(self, waiter: Awaitable[object]) -> bool:
-        """Await ``waiter`` unless the partition is revoked first; True if it completed."""
-        waiting = asyncio.ensure_future(waiter)
-        revoked = asyncio.ensure_future(self._revoked.wait())
-        try:
-            await asyncio.wait((waiting, revoked), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiting.cancel()
-            revoked.cancel()
-        return not self.revoked
 
 
 @dataclass(eq=False, slots=True)
@@ -107,9 +53,9 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        upstream: HttpUpstream,
-        health: AppHealth,
-        listener: KafkaListener,
+        upstream: Upstream,
+        health: Health,
+        listener: Pauser,
         policy: RetryPolicy,
         dead_letters: DeadLetterWriter | None,
         metrics: Metrics,
@@ -118,6 +64,7 @@ class Dispatcher:
         max_in_flight: int = 16,
         max_record_bytes: int = 1024 * 1024,
         interop: DeliveryInterop | None = None,
+        partitions: Partitions | None = None,
     ) -> None:
         self.upstream = upstream
         self.health = health
@@ -139,12 +86,8 @@ class Dispatcher:
         self._idle.set()
         self._in_flight = 0
         metrics.track_in_flight(lambda: self._in_flight)
-        # Backpressure: partitions not to fetch, each partition's share of MAX_PENDING_RECORDS,
-        # and an event set when a partition leaves ``blocked`` (the fetch loop waits on it).
-        self.blocked: set[TopicPartition] = set()
-        self.unblocked = asyncio.Event()
-        self._high = MAX_PENDING_RECORDS
-        self._low = MAX_PENDING_RECORDS // 4
+        # Marks records done and lets their partitions be fetched again (backpressure).
+        self.partitions = partitions if partitions is not None else Partitions()
 
     def __repr__(self) -> str:
         return f"Dispatcher(ordering={self.ordering!r}, lanes={len(self._lanes)}, in_flight={self._in_flight})"
@@ -170,37 +113,6 @@ class Dispatcher:
             self._idle.clear()
         else:
             lane.queue.append(record)
-
-    def room(self, states: Iterable[PartitionState]) -> int:
-        """How many more records may be fetched now (never less than one partition's share:
-        records a fetch brings that are skipped are done at once)."""
-        pending = 0
-        for state in states:
-            pending += state.offsets.pending
-        return max(self._high, MAX_PENDING_RECORDS - pending)
-
-    def assigned(self, partitions: int) -> None:
-        """Split the pending-records budget among the ``partitions`` now assigned."""
-        self._high = max(MIN_PARTITION_SHARE, MAX_PENDING_RECORDS // max(partitions, 1))
-        self._low = self._high // 4
-
-    def check_backpressure(self, state: PartitionState) -> None:
-        """Stop fetching a partition whose undone records pile up; fetch it again once they
-        drain. Not a pause: what the Kafka client holds for it stays there (KafkaListener.fetch)."""
-        pending = state.offsets.pending
-        if pending >= self._high:
-            if not state.backpressured:
-                state.backpressured = True
-                self.blocked.add(state.tp)
-        elif pending <= self._low and state.backpressured:
-            self.release(state)
-
-    def release(self, state: PartitionState) -> None:
-        """Fetch ``state``'s partition again (its records drained, or it was revoked)."""
-        if state.backpressured:
-            state.backpressured = False
-            self.blocked.discard(state.tp)
-            self.unblocked.set()
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every queued record is done; False if ``timeout`` ran out first."""
@@ -253,7 +165,7 @@ class Dispatcher:
     async def _run(self, lane: _Lane) -> None:
         state = lane.state
         queue = lane.queue
-        offsets = state.offsets
+        done_with = self.partitions.done
         try:
             while queue and not state.revoked:
                 record = queue[0]
@@ -270,9 +182,7 @@ class Dispatcher:
                 if not done:
                     break
                 queue.popleft()
-                offsets.done(record.offset)
-                if state.backpressured and offsets.pending <= self._low:
-                    self.release(state)
+                done_with(state, record.offset)
         finally:
             self._lanes.pop(lane.key, None)
             state.lanes.discard(lane.key)
