@@ -1,10 +1,7 @@
 """Dispatcher: runs deliveries in lanes, retries them, dead-letters them, marks them done.
 
-A *lane* is a queue delivered one record at a time, in order. The ordering mode picks the lane:
-
-- ``partition``: one lane per partition (records of a partition in offset order);
-- ``key``:       one lane per (partition, key): keys of one partition run concurrently;
-- ``none``:      one lane per record.
+A *lane* is a queue delivered one record at a time, in order; the ordering mode
+(:mod:`proxy.delivery.ordering`) picks a record's lane.
 
 At most ``max_in_flight`` deliveries run at once. A record is done when the app took it, the app
 said DROP, it was dead-lettered, or dead letters are off and it was logged and counted; only then
@@ -26,7 +23,8 @@ from aiokafka.structs import ConsumerRecord
 
 from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.headers import build_headers
-from proxy.delivery.interop import DeliveryInterop
+from proxy.delivery.envelope import DeliveryEnvelope
+from proxy.delivery.ordering import ORDERINGS
 from proxy.delivery.policy import Outcome, RetryPolicy, Verdict, classify, parse_retry_after
 from proxy.delivery.ports import Health, Pauser, Upstream
 from proxy.errors import AppUnavailable
@@ -63,7 +61,7 @@ class Dispatcher:
         ordering: str = "partition",
         max_in_flight: int = 16,
         max_record_bytes: int = 1024 * 1024,
-        interop: DeliveryInterop | None = None,
+        envelope: DeliveryEnvelope | None = None,
         partitions: Partitions | None = None,
     ) -> None:
         self.upstream = upstream
@@ -73,9 +71,12 @@ class Dispatcher:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.forwarded_headers = forwarded_headers
+        if ordering not in ORDERINGS:
+            raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}, not {ordering!r}")
         self.ordering = ordering
+        self._lane_key = ORDERINGS[ordering]
         self.max_record_bytes = max_record_bytes
-        self.interop = interop
+        self.envelope = envelope
         self.max_in_flight = max_in_flight
         # Free delivery slots, and lanes waiting for one (a semaphore's acquire is a coroutine
         # call per delivery even when a slot is free).
@@ -98,12 +99,7 @@ class Dispatcher:
 
     def submit(self, state: PartitionState, record: Record) -> None:
         """Queue a record whose offset is already tracked (``state.offsets.begin``)."""
-        if self.ordering == "partition":
-            key: Hashable = state.tp
-        elif self.ordering == "key":
-            key = (state.tp, record.key)
-        else:
-            key = (state.tp, record.offset)
+        key = self._lane_key(state.tp, record)
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane(key, state)
@@ -208,8 +204,8 @@ class Dispatcher:
         if value is None:
             # A tombstone: forwarded with an empty body, marked so the app can tell it from b"".
             headers["kafka-tombstone"] = "true"
-        # ce-* headers, trace context in OTEL_PROPAGATORS' formats, ktp-delivery (interop.py).
-        scope = self.interop.begin(record, headers, rejected) if self.interop is not None else None
+        # Format headers, trace context in OTEL_PROPAGATORS' formats, ktp-delivery (envelope.py).
+        scope = self.envelope.begin(record, headers, rejected) if self.envelope is not None else None
         for name in rejected:
             self.metrics.bad_input.labels(topic, f"header_{name}").inc()
             log.warning(

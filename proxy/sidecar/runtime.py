@@ -39,7 +39,7 @@ from proxy.routing.sources import CatchUpRouteSource, RouteSource, create_route_
 from proxy.routing.tenant import BAGGAGE_HEADER, TenantExtractor
 from proxy.sidecar.config import SidecarConfig
 from proxy.sidecar.gauges import PartitionGauges
-from proxy.sidecar.interop import build_interop
+from proxy.sidecar.context_parts import build_context_parts
 from proxy.sidecar.routes_gate import ROUTES_BEHIND, RoutesGate
 from proxy.upstream.health import AppHealth
 from proxy.upstream.http import HttpUpstream
@@ -155,7 +155,7 @@ class Sidecar:
             else None
         )
         # Publish endpoint, ktp-delivery contexts, CloudEvents, propagators, spans.
-        self.interop = build_interop(config, self.metrics, tracer_provider=tracer_provider)
+        self.context_parts = build_context_parts(config, self.metrics, tracer_provider=tracer_provider)
         self.dispatcher = Dispatcher(
             upstream=self.upstream,
             health=self.health,
@@ -167,7 +167,7 @@ class Sidecar:
             ordering=config.ordering,
             max_in_flight=config.max_in_flight,
             max_record_bytes=config.max_record_bytes,
-            interop=self.interop.delivery,
+            envelope=self.context_parts.delivery,
             partitions=self.partitions,
         )
         self.admin = HttpServer(
@@ -200,7 +200,7 @@ class Sidecar:
     async def start(self) -> None:
         log.info("starting %r", self)
         for part in (
-            self.metrics_server, self.admin, self.interop.publish, self.route_source, self.health, self.upstream
+            self.metrics_server, self.admin, self.context_parts.publish, self.route_source, self.health, self.upstream
         ):
             self._started.append(part)  # before start(): a half-started part is stopped too
             await part.start()
@@ -346,9 +346,9 @@ class Sidecar:
         for reason, count in skipped.items():
             counters.skipped(reason).inc(count)
         self._recent.add(topic, tp.partition, records, decided)
-        if self.interop.tracing.enabled:
+        if self.context_parts.tracing.enabled:
             # Once per batch, after the loop: tracing off adds nothing per record.
-            self.interop.tracing.decided(topic, tp.partition, records, decided)
+            self.context_parts.tracing.decided(topic, tp.partition, records, decided)
         self.partitions.check_backpressure(state)
 
     def _bad_baggage(self, topic: str, record: ConsumerRecord[bytes, bytes], entry: Decided) -> None:

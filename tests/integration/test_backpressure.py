@@ -94,16 +94,16 @@ class Watch:
     def install(self) -> None:
         """Wrap, on this sidecar's instances only, the calls to watch."""
         sidecar = self.sidecar
-        partitions, listener = sidecar.partitions, sidecar.listener
+        held, listener = sidecar.partitions, sidecar.listener
 
-        check = partitions.check_backpressure
+        check = held.check_backpressure
 
         def check_backpressure(state: PartitionState) -> None:
             # Called once after every handled batch (Sidecar._handle): pending only grows there.
             self.max_batch_pending = max(self.max_batch_pending, self.total_pending())
             check(state)
 
-        partitions.check_backpressure = check_backpressure  # type: ignore[method-assign]
+        held.check_backpressure = check_backpressure  # type: ignore[method-assign]
 
         pause = listener.pause
 
@@ -117,7 +117,7 @@ class Watch:
         fetch = listener.fetch
 
         async def recording_fetch(timeout_ms: int, max_records: int, partitions: Iterable[TopicPartition] = ()) -> Batch:
-            blocked = frozenset(partitions.blocked)
+            blocked = frozenset(held.blocked)
             asked = tuple(partitions)
             batch = await fetch(timeout_ms, max_records, asked)
             if blocked:
