@@ -23,13 +23,13 @@ from aiokafka.structs import ConsumerRecord
 
 from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.headers import build_headers
-from proxy.delivery.envelope import DeliveryEnvelope
+from proxy.delivery.envelope import DeliveryEnvelope, DeliveryScope
 from proxy.delivery.ordering import ORDERINGS
 from proxy.delivery.policy import Outcome, RetryPolicy, Verdict, classify, parse_retry_after
 from proxy.delivery.ports import Health, Pauser, Upstream
 from proxy.errors import AppUnavailable
 from proxy.listener.partitions import PartitionState, Partitions
-from proxy.metrics import Metrics
+from proxy.metrics import Metrics, TopicCounters
 from proxy.upstream.http import AppConnectError, AppTimeout
 
 log = logging.getLogger(__name__)
@@ -192,26 +192,7 @@ class Dispatcher:
         value = record.value
         if value is not None and len(value) > self.max_record_bytes:
             return await self._finish_undelivered(state, record, "value_too_large", 0, None)
-        headers, rejected = build_headers(
-            topic=topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp=record.timestamp,
-            key=record.key,
-            record_headers=record.headers,
-            forwarded=self.forwarded_headers,
-        )
-        if value is None:
-            # A tombstone: forwarded with an empty body, marked so the app can tell it from b"".
-            headers["kafka-tombstone"] = "true"
-        # Format headers, trace context in OTEL_PROPAGATORS' formats, ktp-delivery (envelope.py).
-        scope = self.envelope.begin(record, headers, rejected) if self.envelope is not None else None
-        for name in rejected:
-            self.metrics.bad_input.labels(topic, f"header_{name}").inc()
-            log.warning(
-                "record %s[%d]@%d: header %r not forwarded (not a safe HTTP field value)",
-                topic, record.partition, record.offset, name,
-            )
+        headers, scope = self._request_headers(record)
         body = value or b""
         attempts = 0
         status: int | None = None
@@ -220,22 +201,12 @@ class Dispatcher:
             while not state.revoked:
                 if not self.health.healthy and not await state.wait_unless_revoked(self.health.wait_healthy()):
                     return False
-                try:
-                    answer = await self.upstream.post(body, headers)
-                except AppConnectError as exc:
-                    # The app is not listening: no attempt is spent, the health gate holds us.
-                    counters.attempts("connection_refused").inc()
-                    self.health.mark_unhealthy(str(exc))
-                    continue
-                except AppTimeout:
-                    verdict, retry_after = Verdict(Outcome.RETRY, "timeout"), None
-                except AppUnavailable:
-                    verdict, retry_after = Verdict(Outcome.RETRY, "connection_error"), None
-                else:
-                    status = answer.status
-                    self.metrics.delivery_duration.observe(answer.seconds)
-                    verdict = classify(answer.status, answer.body, answer.content_type)
-                    retry_after = parse_retry_after(answer.retry_after, time.time()) if answer.retry_after else None
+                tried = await self._attempt(body, headers, counters)
+                if tried is None:
+                    continue  # the app is not listening: no attempt is spent, the health gate holds us
+                verdict, retry_after, answered = tried
+                if answered is not None:
+                    status = answered
                 attempts += 1
                 counters.attempts(verdict.reason).inc()
                 if verdict.outcome is Outcome.DONE:
@@ -264,6 +235,52 @@ class Dispatcher:
                 state.retrying -= 1
                 if state.retrying == 0:
                     self.listener.resume((state.tp,), "retrying")
+
+    def _request_headers(self, record: Record) -> tuple[dict[str, str], DeliveryScope | None]:
+        """The delivery request's headers for ``record``, and its envelope scope (ended by the
+        caller). Record headers that cannot be sent are counted and logged here."""
+        topic = record.topic
+        headers, rejected = build_headers(
+            topic=topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp=record.timestamp,
+            key=record.key,
+            record_headers=record.headers,
+            forwarded=self.forwarded_headers,
+        )
+        if record.value is None:
+            # A tombstone: forwarded with an empty body, marked so the app can tell it from b"".
+            headers["kafka-tombstone"] = "true"
+        # Format headers, trace context in OTEL_PROPAGATORS' formats, ktp-delivery (envelope.py).
+        scope = self.envelope.begin(record, headers, rejected) if self.envelope is not None else None
+        for name in rejected:
+            self.metrics.bad_input.labels(topic, f"header_{name}").inc()
+            log.warning(
+                "record %s[%d]@%d: header %r not forwarded (not a safe HTTP field value)",
+                topic, record.partition, record.offset, name,
+            )
+        return headers, scope
+
+    async def _attempt(
+        self, body: bytes, headers: dict[str, str], counters: TopicCounters
+    ) -> tuple[Verdict, float | None, int | None] | None:
+        """One POST: its verdict, the app's ``Retry-After`` (seconds) and status (None without an
+        answer). None when the app is not listening (it is then marked unhealthy)."""
+        try:
+            answer = await self.upstream.post(body, headers)
+        except AppConnectError as exc:
+            counters.attempts("connection_refused").inc()
+            self.health.mark_unhealthy(str(exc))
+            return None
+        except AppTimeout:
+            return Verdict(Outcome.RETRY, "timeout"), None, None
+        except AppUnavailable:
+            return Verdict(Outcome.RETRY, "connection_error"), None, None
+        self.metrics.delivery_duration.observe(answer.seconds)
+        verdict = classify(answer.status, answer.body, answer.content_type)
+        retry_after = parse_retry_after(answer.retry_after, time.time()) if answer.retry_after else None
+        return verdict, retry_after, answer.status
 
     async def _finish_undelivered(
         self, state: PartitionState, record: Record, reason: str, attempts: int, status: int | None
