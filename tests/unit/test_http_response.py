@@ -25,6 +25,9 @@ values = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size
 bodies = st.binary(max_size=3 * MAX_KEPT_BYTES) | st.just(b"") | st.just(b'{"status": "RETRY"}')
 
 
+OK_EMPTY = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+
+
 def feed_in_pieces(parser: ResponseParser, raw: bytes, cuts: list[int]) -> list[Response]:
     """Feed ``raw`` cut at ``cuts``; every answer completed along the way."""
     answers = []
@@ -119,6 +122,31 @@ def test_answers_on_one_connection_do_not_bleed_into_each_other(
         assert (answer.status, answer.body) == (status, body[:MAX_KEPT_BYTES])
         if not keep_alive:
             return  # the connection ends here
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(answers().map(lambda a: a[0]) | st.sampled_from([OK_EMPTY, OK_EMPTY + b"\r\n", OK_EMPTY + b"x"]),
+             min_size=1, max_size=3),
+    st.lists(st.tuples(st.integers(0, 2), st.none() | st.integers(0, 200)), min_size=1, max_size=8),
+)
+def test_a_repeated_answer_reads_as_a_fresh_parser_reads_it(pool: list[bytes], order: list[tuple[int, int | None]]) -> None:
+    """An answer whose bytes repeat the previous one's is not parsed again (ResponseParser.feed):
+    whatever the sequence, each answer is what a new parser makes of its bytes."""
+    parser = ResponseParser()
+    for index, cut in order:
+        raw = pool[index % len(pool)]
+        try:
+            expected: Response | None = ResponseParser().feed(raw)
+        except ProtocolError:
+            with pytest.raises(ProtocolError):
+                feed_in_pieces(parser, raw, [] if cut is None else [cut])
+            return
+        answers = feed_in_pieces(parser, raw, [] if cut is None else [cut])
+        got = answers[0] if answers else None
+        assert got == expected
+        if got is None or not got.keep_alive:
+            return  # read until close, or the connection ends here
 
 
 @settings(max_examples=500, deadline=None)
