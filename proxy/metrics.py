@@ -80,7 +80,7 @@ class TopicCounters:
     """The per-record counters of one topic: label children looked up once (``labels()``
     validates and locks on every call) and buffered (see the module doc)."""
 
-    __slots__ = ("_attempts", "_metrics", "_skipped", "consumed", "delivered", "topic")
+    __slots__ = ("_attempts", "_metrics", "_skipped", "attempts_ok", "consumed", "delivered", "topic")
 
     def __init__(self, metrics: Metrics, topic: str) -> None:
         self._metrics = metrics
@@ -89,6 +89,8 @@ class TopicCounters:
         self.delivered = metrics.buffered(metrics.records_delivered.labels(topic))
         self._skipped: dict[str, BufferedCounter] = {}
         self._attempts: dict[str, BufferedCounter] = {}
+        # attempts("ok"), the outcome of nearly every attempt, looked up once.
+        self.attempts_ok = self.attempts("ok")
 
     def __repr__(self) -> str:
         return f"TopicCounters(topic={self.topic!r})"

@@ -25,7 +25,7 @@ from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.headers import build_headers
 from proxy.delivery.envelope import DeliveryEnvelope, DeliveryScope
 from proxy.delivery.ordering import ORDERINGS
-from proxy.delivery.policy import Outcome, RetryPolicy, Verdict, classify, parse_retry_after
+from proxy.delivery.policy import OK, Outcome, RetryPolicy, Verdict, classify, parse_retry_after
 from proxy.delivery.ports import Health, Pauser, Upstream
 from proxy.errors import AppUnavailable
 from proxy.listener.partitions import PartitionState, Partitions
@@ -162,6 +162,8 @@ class Dispatcher:
         state = lane.state
         queue = lane.queue
         done_with = self.partitions.done
+        # A lane's records are of one partition, so of one topic.
+        counters = self.metrics.topic(state.tp.topic)
         try:
             while queue and not state.revoked:
                 record = queue[0]
@@ -171,7 +173,7 @@ class Dispatcher:
                     await self._slot()
                 self._in_flight += 1
                 try:
-                    done = await self._deliver(state, record)
+                    done = await self._deliver(state, record, counters)
                 finally:
                     self._in_flight -= 1
                     self._release_slot()
@@ -185,10 +187,10 @@ class Dispatcher:
             if not self._lanes:
                 self._idle.set()
 
-    async def _deliver(self, state: PartitionState, record: Record) -> bool:
-        """Deliver one record until it is done (True) or its partition is revoked (False)."""
+    async def _deliver(self, state: PartitionState, record: Record, counters: TopicCounters) -> bool:
+        """Deliver one record until it is done (True) or its partition is revoked (False);
+        ``counters`` are its topic's."""
         topic = record.topic
-        counters = self.metrics.topic(topic)
         value = record.value
         if value is not None and len(value) > self.max_record_bytes:
             return await self._finish_undelivered(state, record, "value_too_large", 0, None)
@@ -208,6 +210,10 @@ class Dispatcher:
                 if answered is not None:
                     status = answered
                 attempts += 1
+                if verdict is OK:  # nearly every attempt: its counters without a look-up
+                    counters.attempts_ok.inc()
+                    counters.delivered.inc()
+                    return True
                 counters.attempts(verdict.reason).inc()
                 if verdict.outcome is Outcome.DONE:
                     counters.delivered.inc()
