@@ -176,7 +176,10 @@ class Dispatcher:
                     done = await self._deliver(state, record, counters)
                 finally:
                     self._in_flight -= 1
-                    self._release_slot()
+                    if self._slot_waiters:
+                        self._release_slot()
+                    else:
+                        self._free += 1  # _release_slot when nobody waits
                 if not done:
                     break
                 queue.popleft()
