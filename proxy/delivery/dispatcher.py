@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -33,10 +33,42 @@ from proxy.errors import AppUnavailable
 from proxy.listener.kafka import KafkaListener
 from proxy.listener.offsets import PartitionOffsets
 from proxy.metrics import Metrics
+from proxy.routing.tenant import DEFAULT_TENANT_KEY
 from proxy.upstream.health import AppHealth
 from proxy.upstream.http import AppConnectError, AppTimeout, HttpUpstream
 
 log = logging.getLogger(__name__)
+# At most one line per this many seconds about re-serialized baggage: one producer that writes
+# `tenant=t1 ` would otherwise log every record it sends.
+RESERIALIZED_LOG_INTERVAL = 10.0
+
+
+class RateLimitedLog:
+    """A logger's ``warning`` at most once per ``interval`` seconds; the next line that gets
+    through says how many were held back."""
+
+    __slots__ = ("_clock", "_held", "_next", "interval", "logger")
+
+    def __init__(self, logger: logging.Logger, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._clock = clock
+        self._next = 0.0
+        self._held = 0
+
+    def warning(self, message: str, *args: object) -> bool:
+        """Log unless a line went out less than ``interval`` ago; True if it was logged."""
+        now = self._clock()
+        if now < self._next:
+            self._held += 1
+            return False
+        if self._held:
+            message += " (and %d more like it in the last %.0fs)"
+            args = (*args, self._held, self.interval)
+        self._held = 0
+        self._next = now + self.interval
+        self.logger.warning(message, *args)
+        return True
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 # Records fetched but not done, the whole sidecar's, that backpressure aims at: each costs about
@@ -114,6 +146,7 @@ class Dispatcher:
         dead_letters: DeadLetterWriter | None,
         metrics: Metrics,
         forwarded_headers: frozenset[str],
+        tenant_key: str = DEFAULT_TENANT_KEY,
         ordering: str = "partition",
         max_in_flight: int = 16,
         max_record_bytes: int = 1024 * 1024,
@@ -126,6 +159,8 @@ class Dispatcher:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.forwarded_headers = forwarded_headers
+        self.tenant_key = tenant_key
+        self._reserialized = RateLimitedLog(log, RESERIALIZED_LOG_INTERVAL)
         self.ordering = ordering
         self.max_record_bytes = max_record_bytes
         self.interop = interop
@@ -286,6 +321,7 @@ class Dispatcher:
         value = record.value
         if value is not None and len(value) > self.max_record_bytes:
             return await self._finish_undelivered(state, record, "value_too_large", 0, None)
+        notes: list[str] = []
         headers, rejected = build_headers(
             topic=topic,
             partition=record.partition,
@@ -294,14 +330,21 @@ class Dispatcher:
             key=record.key,
             record_headers=record.headers,
             forwarded=self.forwarded_headers,
+            tenant_key=self.tenant_key,
+            notes=notes,
         )
         if value is None:
             # A tombstone: forwarded with an empty body, marked so the app can tell it from b"".
             headers["kafka-tombstone"] = "true"
         # ce-* headers, trace context in OTEL_PROPAGATORS' formats, ktp-delivery (interop.py).
         scope = self.interop.begin(record, headers, rejected) if self.interop is not None else None
+        for note in notes:
+            self._reserialized.warning(
+                "record %s[%d]@%d: baggage %s", topic, record.partition, record.offset, note)
         for name in rejected:
             self.metrics.bad_input.labels(topic, f"header_{name}").inc()
+            if name == "baggage" and notes:
+                continue  # said above, rate-limited
             log.warning(
                 "record %s[%d]@%d: header %r not forwarded (not a safe HTTP field value)",
                 topic, record.partition, record.offset, name,
