@@ -24,7 +24,7 @@ from urllib.parse import unquote_to_bytes
 
 from proxy.delivery.headers import MAX_HEADER_VALUE, valid_field_value
 from proxy.errors import PublishError
-from proxy.publish.contexts import Context as DeliveryContext
+from proxy.delivery.contexts import Context as DeliveryContext
 from proxy.routing import baggage
 from proxy.telemetry.propagation import BAGGAGE, READ_TRACE_FIELDS, Propagation
 
