@@ -134,7 +134,7 @@ def _members(header: str) -> baggage.Baggage:
 
 def with_default_tenant(baggage_header: str | None, tenant_key: str, tenant: str) -> str | None:
     """Stamp ``tenant_key=tenant`` into baggage that carries no tenant (a sandbox pod's batch
-    jobs and crons, flows that no request started). Baggage with a tenant is unchanged."""
+    jobs and crons: flows not scoped to a request). Baggage with a tenant is unchanged."""
     members = _members(baggage_header) if baggage_header else baggage.EMPTY
     if members.get(tenant_key):
         return baggage_header
