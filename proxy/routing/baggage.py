@@ -163,7 +163,7 @@ def parse(raw: bytes) -> Baggage:
     """Read one baggage-string (several headers: join them with :func:`combine` first)."""
     if not raw:
         return EMPTY
-    if len(raw) > MAX_BYTES or raw.count(b",") >= MAX_MEMBERS and _count_members(raw) > MAX_MEMBERS:
+    if len(raw) > MAX_BYTES or (raw.count(b",") >= MAX_MEMBERS and _count_members(raw) > MAX_MEMBERS):
         return TOO_LARGE
     members: list[Member] = []
     dropped: list[bytes] = []
@@ -180,6 +180,7 @@ def parse(raw: bytes) -> Baggage:
 
 
 def _count_members(raw: bytes) -> int:
+    # Blank pieces (a trailing comma, ",,") are not members and do not count towards the limit.
     return sum(1 for piece in raw.split(b",") if piece.strip(OWS))
 
 
