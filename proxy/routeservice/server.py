@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 
 from proxy.config import Option, parse_bool, parse_host_port, parse_positive_float, parse_positive_int
 from proxy.errors import BrokerError, ConfigError, RouteSourceError
@@ -230,6 +230,10 @@ async def _answer_errors(request: web.Request, handler: Any, max_body_bytes: int
         return json_error(exc.status, message, headers)
     except asyncio.CancelledError:
         raise
+    except (ConnectionError, ClientPayloadError) as exc:
+        # The client went away mid-request: nobody to answer, and not our failure.
+        log.info("%s %s: client %s went away: %s", request.method, request.path, request.remote, exc)
+        return json_error(400, "the connection was closed before the request was read")
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return json_error(500, "internal error; see the route service's log")
