@@ -588,6 +588,21 @@ def test_dashboard_queries_only_metrics_that_exist() -> None:
     assert contract <= used, f"DESIGN.md's metrics missing from the dashboard: {contract - used}"
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+    # Stalled partitions and the publish endpoint have panels of their own.
+    assert {
+        "ktp_partition_stalled", "ktp_publish_requests_total", "ktp_publish_duration_seconds_bucket",
+    } <= used  # fmt: skip
+    # No two panels overlap on the grid.
+    cells: set[tuple[int, int]] = set()
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        mine = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not mine & cells, f"panel {panel['id']} overlaps another"
+        cells |= mine
 
 
 # --- values: documented, in the schema, validated -------------------------------------------
