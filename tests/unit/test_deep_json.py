@@ -9,7 +9,7 @@ import pytest
 from proxy.errors import RouteError
 from proxy.routeservice.api import RequestError, parse_put_body
 from proxy.routeservice.groups import SandboxGroup
-from proxy.routing.records import decode_record
+from proxy.routes.records import decode_record
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
 
