@@ -25,6 +25,7 @@ from proxy.injector.config import INJECTOR_OPTIONS, InjectorConfig
 from proxy.injector.metrics import InjectorMetrics
 from proxy.injector.patch import Inject, plan
 from proxy.metrics import Metrics
+from proxy.routeservice.metrics import RouteServiceMetrics
 from tests.k8s import kube
 from tests.k8s.pods import TEMPLATE, consumer_pod
 
@@ -539,7 +540,11 @@ def test_rbac_lets_only_the_named_subjects_read_the_token(chart: Chart) -> None:
 
 def exposed_metric_names() -> set[str]:
     names = set()
-    for registry in (Metrics().registry, InjectorMetrics().registry):
+    for registry in (
+        Metrics().registry,
+        InjectorMetrics().registry,
+        RouteServiceMetrics(lambda: 0).registry,
+    ):
         for family in registry.collect():
             suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(
                 family.type, [""]
@@ -550,14 +555,17 @@ def exposed_metric_names() -> set[str]:
 
 def test_monitors_and_dashboard(chart: Chart) -> None:
     docs = render(chart, SCENARIOS["monitoring-values"])
-    service_monitor = one(docs, "ServiceMonitor")
-    injector_service = one(docs, "Service", "injector")
-    assert (
-        service_monitor["spec"]["selector"]["matchLabels"] == injector_service["spec"]["selector"]
+    for component in ("injector", "routes"):
+        service_monitor = one(docs, "ServiceMonitor", component)
+        service = one(docs, "Service", component)
+        assert service_monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+        assert service_monitor["spec"]["endpoints"][0]["port"] in {
+            p["name"] for p in service["spec"]["ports"]
+        }
+    routes_pod = one(docs, "Deployment", "routes")["spec"]["template"]
+    assert routes_pod["metadata"]["annotations"]["prometheus.io/port"] == str(
+        routes_pod["spec"]["containers"][0]["ports"][0]["containerPort"]
     )
-    assert service_monitor["spec"]["endpoints"][0]["port"] in {
-        p["name"] for p in injector_service["spec"]["ports"]
-    }
     pod_monitor = one(docs, "PodMonitor")
     # The PodMonitor finds what the injector adds: its label and its named metrics port.
     patched = consumer_pod()

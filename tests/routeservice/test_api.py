@@ -206,3 +206,24 @@ async def test_a_client_that_disconnects_is_not_an_error(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     # And the service still answers.
     assert (await call(service, "GET", "/v1/tenants/t"))[0] == 404
+
+
+async def test_metrics_count_requests_by_route_template_without_tenant_names(
+    service: RouteService,
+) -> None:
+    assert (await call(service, "PUT", "/v1/tenants/acme-7", body={"routes": {"orders": "pr-1"}}))[0] == 200
+    assert (await call(service, "GET", "/v1/tenants/nobody"))[0] == 404
+    assert (await call(service, "GET", "/v1/nope"))[0] == 404
+    status, _, response = await call_text(service, "/metrics")
+    assert status == 200 and response.startswith("# HELP")
+    assert 'ktp_routes_requests_total{method="PUT",route="/v1/tenants/{tenant}",status="200"} 1.0' in response
+    assert 'ktp_routes_requests_total{method="GET",route="/v1/tenants/{tenant}",status="404"} 1.0' in response
+    assert 'ktp_routes_requests_total{method="GET",route="unmatched",status="404"} 1.0' in response
+    assert "ktp_routes_tenants 1.0" in response
+    assert "acme-7" not in response and "nobody" not in response
+
+
+async def call_text(service: RouteService, path: str) -> tuple[int, None, str]:
+    """An anonymous GET whose answer is text (metrics are open like the probes)."""
+    async with aiohttp.ClientSession() as session, session.get(service.url + path) as response:
+        return response.status, None, await response.text()
