@@ -846,3 +846,23 @@ def test_named_template_refuses_what_the_injector_refuses(
         pytest.raises(HelmError, match='option "service" is required'),
     ):
         render(chart, {"kafka-tenant-proxy": {"routes": {"enabled": False}}})
+
+
+def test_pod_annotations_template_follows_a_moved_metrics_port(
+    consumer_chart: Path, tmp_path: Path
+) -> None:
+    """A team that moves one pod's metrics port gives the same port to the annotations."""
+    moved = tmp_path / "orders-worker"
+    shutil.copytree(consumer_chart, moved)
+    (moved / "templates" / "annotations.yaml").write_text(
+        "{{- $ktp := index .Subcharts \"kafka-tenant-proxy\" }}\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: scrape\n  annotations:\n"
+        "    {{- include \"kafka-tenant-proxy.sidecarPodAnnotations\" "
+        "(dict \"chart\" $ktp \"metrics-port\" 9464) | nindent 4 }}\n"
+    )
+    with Chart.load(moved) as chart:
+        docs = render(chart, {"kafka-tenant-proxy": {"routes": {"enabled": False}}})
+    scrape = next(d for d in docs if d["metadata"]["name"] == "scrape")
+    assert scrape["metadata"]["annotations"]["prometheus.io/port"] == "9464"
+    default = next(d for d in docs if d["metadata"]["name"] == "orders-worker-pr-42")
+    assert default["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "14090"
