@@ -35,6 +35,8 @@ from proxy.routing.filter import Decided, RouteFilter
 from proxy.errors import BrokerError, ConfigError, RouteSourceError
 from proxy.routeservice.groups import SandboxGroup, register_sandbox_group
 from proxy.routing.sources import CatchUpRouteSource, RouteSource, create_route_source
+from proxy.routing.sources.catchup import now_ms
+from proxy.routing.table import prune_horizon
 from proxy.routing.tenant import BAGGAGE_HEADER, TenantExtractor, baggage_value
 from proxy.sidecar.config import SidecarConfig
 from proxy.sidecar.interop import build_interop
@@ -57,6 +59,8 @@ FETCH_MAX_BYTES = 1024 * 1024
 REVOKE_TIMEOUT = 5.0
 KAFKA_RETRY_INITIAL = 0.5
 KAFKA_RETRY_MAX = 10.0
+# Route history older than what the partitions may still bring is dropped this often.
+ROUTE_PRUNE_INTERVAL = 60.0
 
 
 def freeze_startup_objects() -> None:
@@ -105,6 +109,8 @@ class Sidecar:
         self._catch_up_source = (
             self.route_source if isinstance(self.route_source, CatchUpRouteSource) else None
         )
+        if self._catch_up_source is not None:
+            self.metrics.track_route_catch_ups(self._catch_up_source.catch_ups)
         self.table = self.route_source.table
         self.extractor = TenantExtractor(config.tenant_key)
         self.filter = RouteFilter(config.service, config.sandbox, self.table, self.extractor)
@@ -180,6 +186,8 @@ class Sidecar:
         )
         self.metrics_server = HttpServer(config.metrics_addr, metrics_routes(self._render_metrics), name="metrics")
         self._partitions: dict[TopicPartition, PartitionState] = {}
+        # First record time of each partition's last fetched batch: how far back routes are needed.
+        self._batch_start_ms: dict[TopicPartition, int] = {}
         # Set while the route source cannot catch up: consumption is paused (see _routes_cover).
         self._routes_behind_since: float | None = None
         self._next_routes_try = 0.0
@@ -355,8 +363,10 @@ class Sidecar:
         Routes are judged at the record's time (DESIGN.md): a record with a tenant, newer than
         what the table is known to hold, may belong to a route written just now, so the source
         catches up first (one round trip, shared by concurrent callers, at most once per batch; a
-        batch whose newer records carry no tenant needs none, see :meth:`_tenants_after`). Records from
-        clocks ahead of ours are decided once the catch-up returns.
+        batch whose newer records carry no tenant needs none, see :meth:`_tenants_after`). A record
+        up to the source's ``covered_until_ms`` (its sync time plus the route lead) needs none
+        either: no route it lacks can take effect by then. Records from clocks ahead of ours are
+        decided once the catch-up returns.
 
         If the routes cannot be read, deciding on a table that may miss a new route could let
         baseline and sandbox both handle (or both skip) a record. So the batch is put back (each
@@ -366,9 +376,10 @@ class Sidecar:
         """
         source = self._catch_up_source
         assert source is not None
-        synced_at_ms = source.synced_at_ms
+        # Not the sync time itself: the route lead covers records up to covered_until_ms.
+        covered_ms = source.covered_until_ms
         newest = max(records[-1].timestamp for records in batch.values())
-        if newest <= synced_at_ms or not self._tenants_after(batch, synced_at_ms):
+        if newest <= covered_ms or not self._tenants_after(batch, covered_ms):
             return True
         if self._routes_behind_since is None:
             try:
@@ -456,6 +467,7 @@ class Sidecar:
                 begin(record.offset)
                 submit(state, record)
         state.offsets.fetched_through(records[-1].offset)
+        self._batch_start_ms[tp] = records[0].timestamp
         skipped: dict[str, int] = {}
         for entry, count in collections.Counter(decided).items():
             if not entry.deliver:
@@ -552,13 +564,28 @@ class Sidecar:
                     state.offsets.mark_committed(position)
 
     async def _commit_loop(self) -> None:
+        next_prune = time.monotonic() + ROUTE_PRUNE_INTERVAL
         while True:
             await asyncio.sleep(self.config.commit_interval)
             try:
                 await self.commit()
                 self._update_gauges()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + ROUTE_PRUNE_INTERVAL
+                    self._prune_routes()
             except Exception:  # keep committing whatever one round hit
                 log.exception("commit round failed")
+
+    def _prune_routes(self) -> None:
+        """Bound the route table's history: a record still to be decided is no older than the
+        first record of its partition's last fetched batch (decisions are made as batches are
+        fetched; a rewound or re-assigned partition starts again at most there, or at its
+        committed offset, which the table's margin covers)."""
+        oldest = [self._batch_start_ms.get(tp) for tp in self._partitions]
+        self._batch_start_ms = {tp: self._batch_start_ms[tp] for tp in self._partitions if tp in self._batch_start_ms}
+        dropped = self.table.prune(prune_horizon(oldest, now_ms()))
+        if dropped:
+            log.info("route history: dropped %d superseded routes", dropped)
 
     def _update_gauges(self) -> None:
         m = self.metrics

@@ -10,21 +10,25 @@ reader backs the route service's cache (:mod:`proxy.routeservice.store`) and
 :class:`KafkaRouteSource`, the sidecar's table.
 
 Completeness, the property decisions rely on: ``synced_at_ms`` is a wall-clock time T such that
-every route write the broker acknowledged before T is in the table. A sync takes T, asks the
-broker for the end offset on a connection of its own (the follower's connection is often parked
-in a long-poll fetch, and a broker answers one connection's requests in order), and waits until
-the follower has consumed up to it. Syncs run at start, every ``sync_interval`` seconds, and on
-demand through :meth:`catch_up`.
+every route write the broker acknowledged before T is in the table. The reader learns it from its
+own fetches: a fetch sent at T answers with the partition's high watermark as of a moment after
+T, so once the reader has read up to that watermark it is complete through T. Following the topic
+thus keeps ``synced_at_ms`` within about one fetch wait of the clock, with no request of its own.
+An explicit sync (at start, and on demand through :meth:`RoutesTopicReader.catch_up`) takes T,
+asks the broker for the end offset on a connection of its own (the follower's connection is often
+parked in a long-poll fetch, and a broker answers one connection's requests in order), and waits
+until the follower has consumed up to it.
 
-What this cannot close: a write the route service has stamped but the broker has not yet
-acknowledged is invisible to every sync, so a record produced in that window (milliseconds) may
-be decided before its route exists. The route service answers a write only after the broker
-acknowledged it, so traffic sent after a write's answer is never decided without it.
+``covered_until_ms`` adds the route lead the writers state (:mod:`proxy.routing.lead`): no route
+missing from the table takes effect before it, so a record up to then needs no round trip. A
+write the route service has stamped but the broker has not yet acknowledged is invisible to every
+sync; the lead's margin is what covers it (and a reader's clock ahead of the route service's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import itertools
@@ -40,6 +44,7 @@ from aiokafka.errors import KafkaError
 
 from proxy.errors import BrokerError, ConfigError, RouteError, RouteSourceError
 from proxy.kafka import KafkaConnection
+from proxy.routing.lead import DEFAULT_LEAD_MARGIN_MS, LeadTracker
 from proxy.routing.records import EffectiveTimes, RouteRecord, decode_record
 from proxy.routing.sources.catchup import CatchUp, now_ms
 from proxy.routing.table import RouteTable
@@ -58,6 +63,10 @@ DEFAULT_REPLICATION_FACTOR_CAP = 3
 RETRY_INITIAL = 0.2
 RETRY_MAX = 5.0
 _POLL_TIMEOUT_MS = 1000
+# Fetch answers whose high watermark the reader has not reached yet; beyond this many the oldest
+# are dropped, which only delays what the reader may claim.
+_PENDING_WATERMARKS_MAX = 256
+_FETCH_API_KEY = 1
 _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 # Kafka error codes we expect from CreateTopics.
 _TOPIC_ALREADY_EXISTS = 36
@@ -171,6 +180,7 @@ class RoutesTopicReader:
         sync_interval: float = DEFAULT_SYNC_INTERVAL,
         catch_up_timeout: float = DEFAULT_CATCH_UP_TIMEOUT,
         client_id: str = "ktp-routes",
+        lead_margin_ms: int = DEFAULT_LEAD_MARGIN_MS,
     ) -> None:
         self.connection = connection
         self.topic = check_topic_name(topic)
@@ -181,6 +191,14 @@ class RoutesTopicReader:
         self.catch_up_timeout = catch_up_timeout
         self.client_id = client_id
         self.effective_times = EffectiveTimes()
+        #: The lead the topic's writers state, learnt from the records read.
+        self.lead = LeadTracker()
+        self.lead_margin_ms = lead_margin_ms
+        #: True while completeness is learnt from the follower's own fetches.
+        self.fetch_completeness = False
+        self._pending_watermarks: collections.deque[tuple[int, int]] = collections.deque(
+            maxlen=_PENDING_WATERMARKS_MAX
+        )
         #: Next offset to read: every record below it has been handed to ``on_records``.
         self.position = 0
         self.synced = False
@@ -189,7 +207,9 @@ class RoutesTopicReader:
         self._tp = TopicPartition(topic, 0)
         self._follower: AIOKafkaConsumer | None = None
         self._offsets: AIOKafkaConsumer | None = None
-        self._catch_up = CatchUp(self._sync)
+        self._catch_up = CatchUp(self._sync, lead_ms=self.lead.lead_ms, margin_ms=lead_margin_ms)
+        #: Catch-ups asked for by :meth:`catch_up`, by reason (``ktp_route_catch_ups_total``).
+        self.catch_ups = self._catch_up.catch_ups
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
         self._task: asyncio.Task[None] | None = None
@@ -205,6 +225,11 @@ class RoutesTopicReader:
     def synced_at_ms(self) -> int:
         """Wall-clock time (ms) before which every acknowledged route write has been read."""
         return self._catch_up.synced_at_ms
+
+    @property
+    def covered_until_ms(self) -> int:
+        """Time through which no route missing from what was read can take effect."""
+        return self._catch_up.covered_until_ms
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"ktp-routes-reader-{self.topic}")
@@ -233,9 +258,10 @@ class RoutesTopicReader:
     async def catch_up(self, at_ms: int | None = None) -> None:
         """Return once every route write acknowledged before this call has been read.
 
-        With ``at_ms``, return at once if the reader is already complete up to that time.
-        Concurrent calls share syncs. Raises :class:`RouteSourceError` when the topic cannot be
-        reached within ``catch_up_timeout``.
+        With ``at_ms`` (a record's timestamp), return at once if no route missing from what was
+        read can take effect by then (:attr:`covered_until_ms`); otherwise the catch-up is
+        counted in :attr:`catch_ups` by reason. Concurrent calls share syncs. Raises
+        :class:`RouteSourceError` when the topic cannot be reached within ``catch_up_timeout``.
         """
         if self._offsets is None:
             raise RouteSourceError(f"routes reader for {self.topic!r} is not connected")
@@ -259,7 +285,7 @@ class RoutesTopicReader:
             delay = RETRY_INITIAL
             while not self.synced:
                 try:
-                    await self.catch_up()
+                    await self._catch_up(counted=False)
                 except RouteSourceError as exc:
                     self._report(f"routes topic {self.topic!r}: first sync failed, retrying in {delay:.1f}s: {exc}")
                     await asyncio.sleep(delay)
@@ -270,8 +296,10 @@ class RoutesTopicReader:
                 log.info("routes topic %s read up to offset %d", self.topic, self.position)
             while True:
                 await asyncio.sleep(self.sync_interval)
+                if self.fetch_completeness:
+                    continue  # the follower's fetches keep completeness fresh
                 try:
-                    await self.catch_up()
+                    await self._catch_up(counted=False)
                 except RouteSourceError as exc:
                     self._report(str(exc))
         finally:
@@ -304,6 +332,7 @@ class RoutesTopicReader:
                 await offsets.start()
                 follower.assign([self._tp])
                 await follower.seek_to_beginning(self._tp)
+                self.fetch_completeness = self._watch_fetches(follower)
                 return
             except ConfigError:
                 raise  # a wrong setting (e.g. the routes topic's partitions) does not heal by retrying
@@ -347,6 +376,45 @@ class RoutesTopicReader:
                 continue
             delay = RETRY_INITIAL
 
+    def _watch_fetches(self, follower: AIOKafkaConsumer) -> bool:
+        """Note each fetch's send time and the high watermark it answered with, so that reading
+        up to that watermark proves completeness through the send time (module doc).
+
+        aiokafka offers no hook for it: this wraps the follower's private client ``send``
+        (aiokafka is pinned below 0.15; a test fails if this stops working). Without it, the
+        periodic sync (one ListOffsets every ``sync_interval``) keeps completeness instead."""
+        client = getattr(follower, "_client", None)
+        send = getattr(client, "send", None)
+        if send is None:
+            log.warning("routes topic %s: cannot observe fetches; syncing every %.1fs", self.topic, self.sync_interval)
+            return False
+        topic, partition = self._tp.topic, self._tp.partition
+
+        async def observed_send(node_id: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+            if getattr(request, "API_KEY", None) != _FETCH_API_KEY:
+                return await send(node_id, request, *args, **kwargs)
+            sent_ms = now_ms()
+            response = await send(node_id, request, *args, **kwargs)
+            try:
+                for name, partitions in response.topics:
+                    if name != topic:
+                        continue
+                    for number, error_code, highwater, *_ in partitions:
+                        if number == partition and error_code == 0:
+                            self._fetched_watermark(int(highwater), sent_ms)
+            except (AttributeError, TypeError, ValueError):
+                log.debug("routes topic %s: unexpected fetch response shape", topic, exc_info=True)
+            return response
+
+        client.send = observed_send  # type: ignore[union-attr]
+        return True
+
+    def _fetched_watermark(self, highwater: int, sent_ms: int) -> None:
+        if highwater <= self.position:
+            self._catch_up.advance(sent_ms)
+        else:
+            self._pending_watermarks.append((highwater, sent_ms))
+
     def _take(self, messages: Any, position: int) -> None:
         records = []
         for message in messages:
@@ -355,10 +423,15 @@ class RoutesTopicReader:
             except RouteError as exc:
                 self._report(f"routes topic {self.topic!r}: skipping bad record: {exc}")
                 continue
-            records.append(self.effective_times.adjust(record))
+            record = self.effective_times.adjust(record)
+            self.lead.observe(record.lead_ms, record.written_at_ms, record.effective_from_ms)
+            records.append(record)
         if records:
             self._on_records(records)
         self.position = max(self.position, position)
+        pending = self._pending_watermarks
+        while pending and pending[0][0] <= self.position:
+            self._catch_up.advance(pending.popleft()[1])
         self._wake_waiters()
 
     async def _sync(self) -> int:
@@ -442,6 +515,17 @@ class KafkaRouteSource:
         """Wall-clock time (ms) before which every acknowledged route write is in the table."""
         return self.reader.synced_at_ms
 
+    @property
+    def covered_until_ms(self) -> int:
+        """Time through which no route missing from the table can take effect (sync time plus
+        the writers' lead, less a margin): records up to it are decided without a round trip."""
+        return self.reader.covered_until_ms
+
+    @property
+    def catch_ups(self) -> collections.Counter[str]:
+        """Catch-ups asked for by records the table did not cover, by reason."""
+        return self.reader.catch_ups
+
     async def start(self) -> None:
         await self.reader.start()
         self.table.synced = True
@@ -461,7 +545,7 @@ class KafkaRouteSource:
 
         Cheap when nothing was written since the last sync (one ListOffsets round trip), and
         shared by concurrent callers. With ``at_ms`` (a record's timestamp), return at once when
-        the table is already complete up to it. Raises :class:`RouteSourceError` when the topic
+        the table already covers it (:attr:`covered_until_ms`). Raises :class:`RouteSourceError` when the topic
         cannot be reached in time; the table keeps what it has.
         """
         await self.reader.catch_up(at_ms)
