@@ -196,6 +196,8 @@ class RoutesTopicReader:
         self.lead_margin_ms = lead_margin_ms
         #: True while completeness is learnt from the follower's own fetches.
         self.fetch_completeness = False
+        #: Requests this reader sent the routes topic's leader: ``fetch``, ``list_offsets``.
+        self.requests: collections.Counter[str] = collections.Counter()
         self._pending_watermarks: collections.deque[tuple[int, int]] = collections.deque(
             maxlen=_PENDING_WATERMARKS_MAX
         )
@@ -394,6 +396,7 @@ class RoutesTopicReader:
             if getattr(request, "API_KEY", None) != _FETCH_API_KEY:
                 return await send(node_id, request, *args, **kwargs)
             sent_ms = now_ms()
+            self.requests["fetch"] += 1
             response = await send(node_id, request, *args, **kwargs)
             try:
                 for name, partitions in response.topics:
@@ -439,6 +442,7 @@ class RoutesTopicReader:
         if offsets is None:
             raise RouteSourceError(f"routes reader for {self.topic!r} is not connected")
         started_ms = now_ms()
+        self.requests["list_offsets"] += 1
         try:
             async with asyncio.timeout(self.catch_up_timeout):
                 end = (await offsets.end_offsets([self._tp]))[self._tp]
