@@ -1,7 +1,7 @@
 """Fleet simulation: many route readers following one routes topic while routes change.
 
 What a fleet of sidecars costs the control plane. N readers (the ``kafka:`` route source's
-:class:`~proxy.routing.sources.kafka.RoutesTopicReader`, spread over a few worker processes)
+:class:`~proxy.routes.topic.RoutesTopicReader`, spread over a few worker processes)
 follow one routes topic on the broker, pre-filled with T tenants, while a route store writes
 route changes at a fixed rate. A tenth of the readers also play a busy sidecar: they ask their
 reader whether a batch of live records (timestamped now) is covered, 200 times a second, as
@@ -34,10 +34,10 @@ from aiokafka import AIOKafkaProducer
 from benchmarks.processes import Child, python_module, rss_mb
 from proxy.kafka import KafkaConnection
 from proxy.routeservice.store import RouteStore
-from proxy.routing.lead import DEFAULT_ROUTE_LEAD_MS
-from proxy.routing.records import encode_value
-from proxy.routing.sources.catchup import now_ms
-from proxy.routing.sources.kafka import DEFAULT_FETCH_MAX_WAIT_MS, RoutesTopicReader, ensure_routes_topic
+from proxy.routes.lead import DEFAULT_ROUTE_LEAD_MS
+from proxy.routes.records import encode_value
+from proxy.routes.catchup import now_ms
+from proxy.routes.topic import DEFAULT_FETCH_MAX_WAIT_MS, RoutesTopicReader, ensure_routes_topic
 from proxy.testing.broker import EmbeddedBroker
 
 # (readers, tenants, fetch wait ms). Readers of 100k tenants each hold the whole table; a few

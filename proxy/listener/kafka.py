@@ -26,14 +26,16 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord
 
+from proxy import compat
 from proxy.kafka import KafkaConnection
+from proxy.listener.partitions import Partitions
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,12 @@ DEFAULT_SESSION_TIMEOUT_MS = 10000  # aiokafka's
 WATCH_INTERVAL = 0.1
 UNCONFIRMED = "membership_unconfirmed"
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+FETCH_TIMEOUT_MS = 500
+FETCH_MAX_RECORDS = 2000
+# How long a fetch waits for records while some partition is held back by backpressure: a held
+# partition drains its last quarter share in tens of ms at the app's pace, so this lets it be
+# fetched again before its lane runs dry.
+BLOCKED_FETCH_TIMEOUT_MS = 5
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -108,7 +116,8 @@ class KafkaListener:
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
-        """The underlying consumer, for seeks and offset look-ups by the runtime."""
+        """The underlying consumer (for the listener's own use and tests; the runtime uses the
+        methods below)."""
         assert self._consumer is not None, "KafkaListener.start() was not called"
         return self._consumer
 
@@ -145,6 +154,27 @@ class KafkaListener:
         result: Batch = await self.consumer.getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
         return result
 
+    async def fetch_with_room(self, partitions: Partitions, most: int) -> Batch:
+        """The next records (at most ``most``) of the partitions with room for more (backpressure).
+
+        A partition whose undone records reached its share (Partitions.check_backpressure) is
+        left out of the fetch, its next records kept by the Kafka client, so memory stays bounded
+        without the client dropping and fetching them again (what a pause would do). While some
+        partition is left out, fetches wait briefly, so one that drains is fetched again soon;
+        a wait in aiokafka's ``getmany`` cannot be cut short without leaving its bookkeeping off.
+        """
+        blocked = partitions.blocked
+        most = min(most, partitions.room())
+        if not blocked:
+            return await self.fetch(FETCH_TIMEOUT_MS, most)
+        fetchable = [tp for tp in self.assignment() if tp not in blocked]
+        if fetchable:
+            return await self.fetch(BLOCKED_FETCH_TIMEOUT_MS, most, fetchable)
+        unblocked = partitions.unblocked
+        unblocked.clear()
+        await self.wait_for_room(unblocked.wait(), FETCH_TIMEOUT_MS / 1000)
+        return {}
+
     async def wait_for_room(self, waiter: Awaitable[object], timeout: float) -> None:
         """Await ``waiter`` (at most ``timeout`` seconds) while every partition's records wait
         for the app, so there is nothing to fetch.
@@ -153,13 +183,12 @@ class KafkaListener:
         (it takes that as a consumer stuck in its processing). A sidecar whose app is slow is not
         stuck: it is waiting for room, and fetches again the moment there is some. So the wait
         counts as asking, as aiokafka counts its own waits inside ``getmany`` (its bookkeeping is
-        a private context manager; without it, the wait is a plain one). The wait does not raise
+        a private context manager, reached through :mod:`proxy.compat`). The wait does not raise
         on timeout, which would leave that bookkeeping off."""
-        subscription = getattr(self.consumer, "_subscription", None)
-        context = getattr(subscription, "fetch_context", None)
+        context = compat.fetch_context(self.consumer)
         waiting = asyncio.ensure_future(waiter)
         try:
-            with context() if context is not None else contextlib.nullcontext():
+            with context:
                 await asyncio.wait((waiting,), timeout=timeout)
         finally:
             waiting.cancel()
@@ -168,9 +197,7 @@ class KafkaListener:
     def membership_lost(self) -> bool:
         """True once the broker no longer knows this member (aiokafka then resets the member id
         and generation, and rejoins). Before the first join there is nothing to commit anyway."""
-        # aiokafka has no public view of this; its coordinator keeps it as plain attributes.
-        coordinator = self.consumer._coordinator
-        return coordinator is None or coordinator.generation < 0 or not coordinator.member_id
+        return compat.membership_lost(self.consumer)
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit ``offsets`` for the current generation. Raises ``CommitFailedError`` if the
@@ -179,7 +206,7 @@ class KafkaListener:
         consumer = self.consumer
         try:
             async with asyncio.timeout(self.commit_timeout):
-                await consumer._coordinator.ensure_coordinator_known()
+                await compat.ensure_coordinator_known(consumer)
                 # No await between this check and aiokafka building the request with the
                 # member's generation: the check holds for the commit sent.
                 if self.membership_lost:
@@ -196,6 +223,35 @@ class KafkaListener:
     async def committed(self, tp: TopicPartition) -> int | None:
         result: int | None = await self.consumer.committed(tp)
         return result
+
+    async def committed_many(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offset of each of ``tps`` (None: nothing committed)."""
+        return {tp: await self.committed(tp) for tp in tps}
+
+    def seek(self, positions: Mapping[TopicPartition, int]) -> None:
+        """Fetch each partition from the given offset next."""
+        consumer = self.consumer
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
+
+    def rewind(self, batch: Batch) -> None:
+        """Put a fetched batch back: each partition still assigned is fetched again from the
+        batch's first record (nothing of it was tracked, so nothing of it is committed)."""
+        assigned = self.assignment()
+        self.seek({tp: records[0].offset for tp, records in batch.items() if records and tp in assigned})
+
+    async def offsets_at(self, at_ms: int, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Each partition's first offset with a timestamp at or after ``at_ms`` (its end offset
+        when there is none: every record is older)."""
+        tps = list(tps)
+        found = await self.consumer.offsets_for_times({tp: at_ms for tp in tps})
+        past_end = [tp for tp in tps if found.get(tp) is None]
+        ends = await self.consumer.end_offsets(past_end) if past_end else {}
+        positions: dict[TopicPartition, int] = {}
+        for tp in tps:
+            hit = found.get(tp)
+            positions[tp] = hit.offset if hit is not None else ends[tp]
+        return positions
 
     def assignment(self) -> frozenset[TopicPartition]:
         if self._consumer is None:
@@ -245,12 +301,12 @@ class KafkaListener:
 
     async def _watch_membership(self) -> None:
         """Fence fetching while the coordinator is unreachable; lift the fence on proof."""
-        coordinator = self.consumer._coordinator
+        consumer = self.consumer
         unreachable_since: float | None = None
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             now = time.monotonic()
-            if coordinator.coordinator_id is None:
+            if not compat.coordinator_known(consumer):
                 unreachable_since = unreachable_since or now
                 if not self.fenced and now - unreachable_since >= self._session_timeout / 2:
                     self._fence()
@@ -260,7 +316,7 @@ class KafkaListener:
                 # An extra heartbeat: success proves the membership; an expired member learns it
                 # here (aiokafka then resets the generation and rejoins, see _assigned).
                 try:
-                    confirmed = await coordinator._do_heartbeat()
+                    confirmed = await compat.heartbeat(consumer)
                 except KafkaError as exc:
                     log.warning("membership check failed: %r", exc)
                     continue

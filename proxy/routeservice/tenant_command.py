@@ -15,9 +15,9 @@ from typing import Any
 
 from proxy.config import Option, add_options, resolve
 from proxy.errors import ConfigError, RouteError
-from proxy.routeservice.client import DEFAULT_SERVER, RouteServiceClient, wait_seconds
-from proxy.routing.records import RouteRecord, check_routes, check_tenant_value, format_rfc3339
-from proxy.routing.sources.catchup import now_ms
+from proxy.routes.client import DEFAULT_SERVER, RouteServiceClient, wait_seconds
+from proxy.routes.records import RouteRecord, check_routes, check_tenant_value, format_rfc3339
+from proxy.routes.catchup import now_ms
 
 CLIENT_OPTIONS = (
     Option("server", "route service URL", DEFAULT_SERVER),

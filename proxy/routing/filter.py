@@ -1,6 +1,6 @@
 """The route filter: decides, per record, whether this pod's version handles it.
 
-For a pod of service S (DESIGN.md, "Decision rule"):
+For a pod of service S (the decision rule):
 
 - sandbox pod X: deliver iff the record's tenant is routed S → X at the record's time;
 - baseline pod:  deliver iff the record has no tenant, or its tenant has no route for S then.
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.routing.table import RouteTable
+from proxy.routes.table import RouteTable
 from proxy.routing.tenant import Headers, TenantExtractor, TenantLookup, baggage_value
 
 # Decisions memoized per table version; past this many distinct headers the memo starts over

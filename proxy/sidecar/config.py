@@ -18,18 +18,19 @@ from proxy.config import (
     parse_positive_int,
 )
 from proxy.delivery.headers import check_forward_headers
-from proxy.delivery.interop import FORMATS
+from proxy.delivery.formats import FORMATS
+from proxy.delivery.ordering import ORDERINGS
 from proxy.delivery.policy import DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS
 from proxy.errors import ConfigError
 from proxy.kafka import KAFKA_OPTIONS, KafkaConnection
 from proxy.listener.progress import DEFAULT_STALL_TIMEOUT
-from proxy.publish.contexts import DEFAULT_GRACE as DEFAULT_DELIVERY_CONTEXT_GRACE
+from proxy.delivery.contexts import DEFAULT_GRACE as DEFAULT_DELIVERY_CONTEXT_GRACE
 from proxy.publish.request import (
     DEFAULT_PUBLISH_MAX_BYTES,
     DEFAULT_PUBLISH_TIMEOUT,
     check_publish_headers,
 )
-from proxy.routing.table import check_name, check_tenant
+from proxy.routes.table import check_name, check_tenant
 from proxy.routing.tenant import DEFAULT_TENANT_KEY
 
 DEFAULT_ROUTES = "kafka:"
@@ -46,7 +47,6 @@ DEFAULT_APP_TIMEOUT = 10.0
 DEFAULT_SESSION_TIMEOUT = 10.0
 BASELINE_DEAD_LETTER = "{topic}.dlq"
 SANDBOX_DEAD_LETTER = "{topic}.{sandbox}.dlq"
-ORDERINGS = ("partition", "key", "none")
 # Kafka's rule for group.instance.id (the same as for topic names); a pod name always passes.
 INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -82,7 +82,7 @@ SIDECAR_OPTIONS = (
         "can delete the group once no route references the sandbox",
         DEFAULT_GROUPS_TOPIC,
     ),
-    Option("ordering", "delivery order: per partition, per key, or none", "partition", choices=ORDERINGS),
+    Option("ordering", "delivery order: per partition, per key, or none", "partition", choices=tuple(ORDERINGS)),
     Option("max-in-flight", "deliveries in flight at once", DEFAULT_MAX_IN_FLIGHT, parse=parse_positive_int),
     Option("max-attempts", "attempts before a retriable failure is dead-lettered", DEFAULT_MAX_ATTEMPTS, parse=parse_positive_int),
     Option("backoff-initial", "first retry delay, seconds", DEFAULT_BACKOFF_INITIAL, parse=parse_positive_float),
@@ -123,7 +123,7 @@ SIDECAR_OPTIONS = (
         "how deliveries are sent: raw (the record as it is) or cloudevents (CloudEvents HTTP binary "
         "mode by Knative KafkaSource's mapping; records that are CloudEvents pass through)",
         "raw",
-        choices=FORMATS,
+        choices=tuple(FORMATS),
     ),
     Option(
         "publish-headers",

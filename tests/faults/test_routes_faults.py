@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.kafka import KafkaConnection
-from proxy.routeservice.client import RouteServiceClient, wait_seconds
+from proxy.routes.client import RouteServiceClient, wait_seconds
 from proxy.routeservice.server import RouteService, RouteServiceConfig
-from proxy.routing.sources.catchup import now_ms
+from proxy.routes.catchup import now_ms
 from proxy.sidecar.runtime import Sidecar
 from proxy.testing.app import RecordingApp
 from tests.conftest import baggage, create_topic, produce, sidecar_config

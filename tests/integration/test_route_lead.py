@@ -13,12 +13,13 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from proxy.kafka import KafkaConnection
-from proxy.routeservice.client import RouteServiceClient, wait_seconds
+from proxy.routes.client import RouteServiceClient, wait_seconds
 from proxy.routeservice.server import RouteService, RouteServiceConfig
-from proxy.routing.lead import CATCH_UP_AHEAD_OF_CLOCK, CATCH_UP_NO_LEAD
-from proxy.routing.records import encode_value
-from proxy.routing.sources.catchup import now_ms
-from proxy.routing.sources.kafka import KafkaRouteSource, ensure_routes_topic
+from proxy.routes.lead import CATCH_UP_AHEAD_OF_CLOCK, CATCH_UP_NO_LEAD
+from proxy.routes.records import encode_value
+from proxy.routes.catchup import now_ms
+from proxy.routing.sources.kafka_source import KafkaRouteSource
+from proxy.routes.topic import ensure_routes_topic
 from proxy.sidecar.runtime import Sidecar
 from proxy.testing.app import RecordingApp
 from tests.conftest import baggage, eventually, sidecar_config

@@ -20,11 +20,11 @@ import pytest
 from aiokafka import TopicPartition
 
 from proxy.kafka import KafkaConnection
-from proxy.routeservice.client import RouteServiceClient, wait_seconds
+from proxy.routes.client import RouteServiceClient, wait_seconds
 from proxy.routeservice.server import RouteService, RouteServiceConfig
-from proxy.routing.records import RouteRecord
-from proxy.routing.sources.catchup import now_ms
-from proxy.routing.sources.kafka import KafkaRouteSource
+from proxy.routes.records import RouteRecord
+from proxy.routes.catchup import now_ms
+from proxy.routing.sources.kafka_source import KafkaRouteSource
 from proxy.sidecar.runtime import Sidecar, committed_offsets
 from proxy.testing.app import RecordingApp
 from tests.conftest import baggage, eventually, produce, sidecar_config

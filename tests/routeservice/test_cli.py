@@ -12,8 +12,8 @@ import sys
 import aiohttp
 
 from proxy.routeservice.server import RouteService
-from proxy.routing.records import parse_rfc3339
-from proxy.routing.sources.catchup import now_ms
+from proxy.routes.records import parse_rfc3339
+from proxy.routes.catchup import now_ms
 from proxy.testing.broker import free_port
 from tests.conftest import eventually
 

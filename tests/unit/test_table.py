@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.errors import RouteError
-from proxy.routing.table import DEFAULT_HISTORY_MARGIN_MS, Route, RouteTable, prune_horizon
+from proxy.routes.table import DEFAULT_HISTORY_MARGIN_MS, Route, RouteHistory, RouteTable, prune_horizon
 
 
 def test_history_and_deletion() -> None:
@@ -140,3 +140,18 @@ def test_prune_horizon_is_the_oldest_pending_record_less_the_margin() -> None:
     assert prune_horizon([5_000, None, 3_000], now_ms=10_000, margin_ms=1_000) == 2_000
     assert prune_horizon([None], now_ms=10_000, margin_ms=1_000) == 9_000
     assert prune_horizon([], now_ms=10_000) == 10_000 - DEFAULT_HISTORY_MARGIN_MS
+
+
+def test_route_history_prunes_to_the_oldest_batch_of_the_assigned_partitions() -> None:
+    table = RouteTable()
+    for at in (0, 100_000, 200_000, 300_000):
+        table.apply(Route.build("t", {"svc": f"pr-{at}"}, at))
+    history = RouteHistory(table, margin_ms=50_000)
+    history.fetched("p0", 280_000)
+    history.fetched("p1", 160_000)
+    # p1 still needs the route in force at 110_000 (its oldest batch, less the margin).
+    assert history.prune(["p0", "p1"], now_ms=400_000) == 1
+    assert table.sandbox_for("t", "svc", 110_000) == "pr-100000"
+    # p1 revoked: only p0's batch counts.
+    assert history.prune(["p0"], now_ms=400_000) == 1
+    assert table.history_size() == 2 and table.sandbox_for("t", "svc", 230_000) == "pr-200000"

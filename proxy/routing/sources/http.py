@@ -9,7 +9,7 @@ The first answer, asked with ``sync=true``, is the sync marker: the replica caug
 routes topic before answering, so the table is then complete (``table.synced``). ``catch_up()``
 asks the same way. ``synced_at_ms`` is the replica's own completeness time, carried in every
 answer; the records carry the lead their writers state, learnt as the ``kafka:`` source learns it
-(:class:`~proxy.routing.lead.LeadTracker`). So that the completeness time stays fresh enough for
+(:class:`~proxy.routes.lead.LeadTracker`). So that the completeness time stays fresh enough for
 the lead to cover live records, the watch asks again at least every third of the usable lead
 (a few requests a second whatever the traffic), not only when routes change.
 """
@@ -22,11 +22,12 @@ import logging
 import ssl
 from collections.abc import Callable
 
+from proxy.backoff import Backoff
 from proxy.errors import RouteSourceError
-from proxy.routeservice.client import RouteServiceClient, RouteServiceError, WatchResult
-from proxy.routing.lead import DEFAULT_LEAD_MARGIN_MS, LeadTracker
-from proxy.routing.sources.catchup import CatchUp, now_ms
-from proxy.routing.table import RouteTable
+from proxy.routes.client import RouteServiceClient, RouteServiceError, WatchResult
+from proxy.routes.lead import DEFAULT_LEAD_MARGIN_MS, LeadTracker
+from proxy.routes.catchup import CatchUp, now_ms
+from proxy.routes.table import RouteTable
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +96,14 @@ class HttpRouteSource:
 
     async def start(self) -> None:
         await self.client.start()
-        delay = RETRY_INITIAL
+        backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
         while True:
             try:
                 await self._catch_up(counted=False)
                 break
             except RouteSourceError as exc:
-                self._report(f"{exc}; retrying in {delay:.1f}s")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                self._report(f"{exc}; retrying in {backoff.delay:.1f}s")
+                await backoff.wait()
         self.table.synced = True
         log.info("routes from %s synced at version %d", self.client.server, self.cursor)
         self._task = asyncio.create_task(self._watch(), name="ktp-http-routes")
@@ -139,16 +139,17 @@ class HttpRouteSource:
         return result.synced_at_ms
 
     async def _watch(self) -> None:
-        delay = RETRY_INITIAL
+        backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
         while True:
             try:
                 result = await self.client.watch(self.cursor, wait=self.next_watch_wait())
             except RouteServiceError as exc:
-                self._report(f"watching route service {self.client.server} failed, retrying in {delay:.1f}s: {exc}")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                self._report(
+                    f"watching route service {self.client.server} failed, retrying in {backoff.delay:.1f}s: {exc}"
+                )
+                await backoff.wait()
                 continue
-            delay = RETRY_INITIAL
+            backoff.reset()
             self._apply(result)
 
     def _apply(self, result: WatchResult) -> None:

@@ -2,7 +2,7 @@
 
 The routes topic (``_ktp_routes`` unless named) has one partition, so its offsets are one global
 order of route writes, and is compacted, so it keeps the last record of every tenant forever
-(deletions are JSON records, not tombstones: see :mod:`proxy.routing.records`).
+(deletions are JSON records, not tombstones: see :mod:`proxy.routes.records`).
 
 :class:`RoutesTopicReader` reads it from the beginning with manual assignment (no consumer group:
 nothing to join, nothing to commit, every reader sees every record) and follows it. The same
@@ -19,7 +19,7 @@ asks the broker for the end offset on a connection of its own (the follower's co
 parked in a long-poll fetch, and a broker answers one connection's requests in order), and waits
 until the follower has consumed up to it.
 
-``covered_until_ms`` adds the route lead the writers state (:mod:`proxy.routing.lead`): no route
+``covered_until_ms`` adds the route lead the writers state (:mod:`proxy.routes.lead`): no route
 missing from the table takes effect before it, so a record up to then needs no round trip. A
 write the route service has stamped but the broker has not yet acknowledged is invisible to every
 sync; the lead's margin is what covers it (and a reader's clock ahead of the route service's).
@@ -42,12 +42,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from proxy import compat
+from proxy.backoff import Backoff, retry_connect
 from proxy.errors import BrokerError, ConfigError, RouteError, RouteSourceError
 from proxy.kafka import KafkaConnection
-from proxy.routing.lead import DEFAULT_LEAD_MARGIN_MS, LeadTracker
-from proxy.routing.records import EffectiveTimes, RouteRecord, decode_record
-from proxy.routing.sources.catchup import CatchUp, now_ms
-from proxy.routing.table import RouteTable
+from proxy.routes.records import EffectiveTimes, RouteRecord, decode_record
+from proxy.routes.catchup import CatchUp, now_ms
+from proxy.routes.lead import DEFAULT_LEAD_MARGIN_MS, LeadTracker
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,6 @@ _POLL_TIMEOUT_MS = 1000
 # Fetch answers whose high watermark the reader has not reached yet; beyond this many the oldest
 # are dropped, which only delays what the reader may claim.
 _PENDING_WATERMARKS_MAX = 256
-_FETCH_API_KEY = 1
 _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 # Kafka error codes we expect from CreateTopics.
 _TOPIC_ALREADY_EXISTS = 36
@@ -161,7 +161,7 @@ def _check_cleanup_policy(topic: str, responses: list[Any]) -> None:
 class RoutesTopicReader:
     """Reads the routes topic from the beginning, then follows it, handing decoded records to
     ``on_records`` in offset order (with effective times made strictly increasing per tenant,
-    :class:`~proxy.routing.records.EffectiveTimes`).
+    :class:`~proxy.routes.records.EffectiveTimes`).
 
     ``start()`` returns once the first sync is done (``synced``), retrying while Kafka cannot be
     reached; it raises :class:`ConfigError` for an unusable topic.
@@ -284,14 +284,15 @@ class RoutesTopicReader:
         await self._connect()
         follower = asyncio.create_task(self._follow(), name=f"ktp-routes-follow-{self.topic}")
         try:
-            delay = RETRY_INITIAL
+            backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
             while not self.synced:
                 try:
                     await self._catch_up(counted=False)
                 except RouteSourceError as exc:
-                    self._report(f"routes topic {self.topic!r}: first sync failed, retrying in {delay:.1f}s: {exc}")
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
+                    self._report(
+                        f"routes topic {self.topic!r}: first sync failed, retrying in {backoff.delay:.1f}s: {exc}"
+                    )
+                    await backoff.wait()
                     continue
                 self.synced = True
                 self._synced_event.set()
@@ -310,46 +311,48 @@ class RoutesTopicReader:
                 await follower
 
     async def _connect(self) -> None:
-        delay = RETRY_INITIAL
-        while True:
-            try:
-                await ensure_routes_topic(
-                    self.connection,
-                    self.topic,
-                    create=self.create_topic,
-                    replication_factor=self.replication_factor,
-                )
-                kwargs = self.connection.client_kwargs()
-                follower = AIOKafkaConsumer(
-                    **kwargs,
-                    group_id=None,
-                    enable_auto_commit=False,
-                    auto_offset_reset="earliest",
-                    fetch_max_wait_ms=self.fetch_max_wait_ms,
-                    client_id=self.client_id,
-                )
-                offsets = AIOKafkaConsumer(**kwargs, group_id=None, enable_auto_commit=False, client_id=self.client_id)
-                self._follower, self._offsets = follower, offsets
-                await follower.start()
-                await offsets.start()
-                follower.assign([self._tp])
-                await follower.seek_to_beginning(self._tp)
-                self.fetch_completeness = self._watch_fetches(follower)
-                return
-            except ConfigError:
-                raise  # a wrong setting (e.g. the routes topic's partitions) does not heal by retrying
-            except Exception as exc:
-                # Any failed connect is retried, not only a KafkaError: aiokafka 0.14 raises
-                # KeyError on a SCRAM refusal it cannot parse (see Sidecar._connect_kafka).
-                await self._close_clients()
-                if not isinstance(exc, (BrokerError, KafkaError, OSError)):
-                    log.warning("routes topic %s: unexpected error while connecting", self.topic, exc_info=True)
-                self._report(
-                    f"routes topic {self.topic!r} on {self.connection.bootstrap_servers} unreachable, "
-                    f"retrying in {delay:.1f}s: {exc!r}"
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+        # A wrong setting (e.g. the routes topic's partitions) does not heal by retrying.
+        await retry_connect(
+            self._connect_once,
+            backoff=Backoff(RETRY_INITIAL, RETRY_MAX),
+            failed=self._connect_failed,
+            fatal=(ConfigError,),
+        )
+
+    async def _connect_once(self) -> None:
+        await ensure_routes_topic(
+            self.connection,
+            self.topic,
+            create=self.create_topic,
+            replication_factor=self.replication_factor,
+        )
+        kwargs = self.connection.client_kwargs()
+        follower = AIOKafkaConsumer(
+            **kwargs,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+            client_id=self.client_id,
+        )
+        offsets = AIOKafkaConsumer(**kwargs, group_id=None, enable_auto_commit=False, client_id=self.client_id)
+        self._follower, self._offsets = follower, offsets
+        await follower.start()
+        await offsets.start()
+        follower.assign([self._tp])
+        await follower.seek_to_beginning(self._tp)
+        self.fetch_completeness = self._watch_fetches(follower)
+
+    async def _connect_failed(self, exc: Exception, delay: float) -> None:
+        # Any failed connect is retried, not only a KafkaError: aiokafka 0.14 raises
+        # KeyError on a SCRAM refusal it cannot parse (see Sidecar._connect_kafka).
+        await self._close_clients()
+        if not isinstance(exc, (BrokerError, KafkaError, OSError)):
+            log.warning("routes topic %s: unexpected error while connecting", self.topic, exc_info=True)
+        self._report(
+            f"routes topic {self.topic!r} on {self.connection.bootstrap_servers} unreachable, "
+            f"retrying in {delay:.1f}s: {exc!r}"
+        )
 
     async def _close_clients(self) -> None:
         for client in (self._follower, self._offsets):
@@ -361,7 +364,7 @@ class RoutesTopicReader:
     async def _follow(self) -> None:
         follower = self._follower
         assert follower is not None
-        delay = RETRY_INITIAL
+        backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
         while True:
             try:
                 batch = await follower.getmany(self._tp, timeout_ms=_POLL_TIMEOUT_MS)
@@ -372,44 +375,29 @@ class RoutesTopicReader:
             except Exception as exc:
                 if not isinstance(exc, KafkaError):
                     log.exception("routes topic %s: unexpected error while following", self.topic)
-                self._report(f"reading routes topic {self.topic!r} failed, retrying in {delay:.1f}s: {exc!r}")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                self._report(f"reading routes topic {self.topic!r} failed, retrying in {backoff.delay:.1f}s: {exc!r}")
+                await backoff.wait()
                 continue
-            delay = RETRY_INITIAL
+            backoff.reset()
 
     def _watch_fetches(self, follower: AIOKafkaConsumer) -> bool:
         """Note each fetch's send time and the high watermark it answered with, so that reading
-        up to that watermark proves completeness through the send time (module doc).
-
-        aiokafka offers no hook for it: this wraps the follower's private client ``send``
-        (aiokafka is pinned below 0.15; a test fails if this stops working). Without it, the
-        periodic sync (one ListOffsets every ``sync_interval``) keeps completeness instead."""
-        client = getattr(follower, "_client", None)
-        send = getattr(client, "send", None)
-        if send is None:
-            log.warning("routes topic %s: cannot observe fetches; syncing every %.1fs", self.topic, self.sync_interval)
-            return False
+        up to that watermark proves completeness through the send time (module doc). aiokafka
+        offers no hook for it (:func:`proxy.compat.observe_fetches`); without one, the periodic
+        sync (one ListOffsets every ``sync_interval``) keeps completeness instead."""
         topic, partition = self._tp.topic, self._tp.partition
 
-        async def observed_send(node_id: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-            if getattr(request, "API_KEY", None) != _FETCH_API_KEY:
-                return await send(node_id, request, *args, **kwargs)
-            sent_ms = now_ms()
+        def on_answer(sent_ms: int, answer: compat.FetchAnswer) -> None:
             self.requests["fetch"] += 1
-            response = await send(node_id, request, *args, **kwargs)
-            try:
-                for name, partitions in response.topics:
-                    if name != topic:
-                        continue
-                    for number, error_code, highwater, *_ in partitions:
-                        if number == partition and error_code == 0:
-                            self._fetched_watermark(int(highwater), sent_ms)
-            except (AttributeError, TypeError, ValueError):
-                log.debug("routes topic %s: unexpected fetch response shape", topic, exc_info=True)
-            return response
+            for name, number, error_code, highwater in answer:
+                if name == topic and number == partition and error_code == 0:
+                    self._fetched_watermark(highwater, sent_ms)
 
-        client.send = observed_send  # type: ignore[union-attr]
+        try:
+            compat.observe_fetches(follower, on_answer, now_ms)
+        except compat.CompatError as exc:
+            log.warning("routes topic %s: %s; syncing every %.1fs instead", self.topic, exc, self.sync_interval)
+            return False
         return True
 
     def _fetched_watermark(self, highwater: int, sent_ms: int) -> None:
@@ -472,88 +460,3 @@ class RoutesTopicReader:
         log.warning("%s", message)
         if self._on_error is not None:
             self._on_error(message)
-
-
-class KafkaRouteSource:
-    """The sidecar's table, kept by reading the routes topic (``--routes kafka:[<topic>]``).
-
-    Every record becomes a :class:`~proxy.routing.table.Route` at its effective time (a deletion
-    is a route with no services), so the table keeps each tenant's history and decides records
-    at their own time. ``start()`` returns once the table is synced.
-    """
-
-    def __init__(
-        self,
-        connection: KafkaConnection,
-        topic: str = DEFAULT_ROUTES_TOPIC,
-        *,
-        table: RouteTable | None = None,
-        on_error: Callable[[str], None] | None = None,
-        create_topic: bool = True,
-        fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
-        sync_interval: float = DEFAULT_SYNC_INTERVAL,
-        catch_up_timeout: float = DEFAULT_CATCH_UP_TIMEOUT,
-        client_id: str = "ktp-sidecar-routes",
-    ) -> None:
-        self.table = table if table is not None else RouteTable()
-        self.reader = RoutesTopicReader(
-            connection,
-            topic,
-            on_records=self._apply,
-            on_error=on_error,
-            create_topic=create_topic,
-            fetch_max_wait_ms=fetch_max_wait_ms,
-            sync_interval=sync_interval,
-            catch_up_timeout=catch_up_timeout,
-            client_id=client_id,
-        )
-
-    def __repr__(self) -> str:
-        return f"KafkaRouteSource(topic={self.reader.topic!r}, table={self.table!r})"
-
-    def describe(self) -> str:
-        return f"kafka:{self.reader.topic}"
-
-    @property
-    def synced_at_ms(self) -> int:
-        """Wall-clock time (ms) before which every acknowledged route write is in the table."""
-        return self.reader.synced_at_ms
-
-    @property
-    def covered_until_ms(self) -> int:
-        """Time through which no route missing from the table can take effect (sync time plus
-        the writers' lead, less a margin): records up to it are decided without a round trip."""
-        return self.reader.covered_until_ms
-
-    @property
-    def catch_ups(self) -> collections.Counter[str]:
-        """Catch-ups asked for by records the table did not cover, by reason."""
-        return self.reader.catch_ups
-
-    async def start(self) -> None:
-        await self.reader.start()
-        self.table.synced = True
-
-    async def stop(self) -> None:
-        await self.reader.stop()
-
-    async def __aenter__(self) -> KafkaRouteSource:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def catch_up(self, at_ms: int | None = None) -> None:
-        """Return once the table includes every route written to the topic before this call.
-
-        Cheap when nothing was written since the last sync (one ListOffsets round trip), and
-        shared by concurrent callers. With ``at_ms`` (a record's timestamp), return at once when
-        the table already covers it (:attr:`covered_until_ms`). Raises :class:`RouteSourceError` when the topic
-        cannot be reached in time; the table keeps what it has.
-        """
-        await self.reader.catch_up(at_ms)
-
-    def _apply(self, records: list[RouteRecord]) -> None:
-        for record in records:
-            self.table.apply(record.to_route())

@@ -7,7 +7,7 @@ The routes topic (``_ktp_routes``, one partition, compacted) holds one record pe
   "2026-11-21T10:51:28.123Z", "written_at": "2026-11-21T10:51:27.123Z", "lead_ms": 1000}``, or
   for a deletion the same with ``"routes": {}`` and ``"deleted": true``. ``written_at`` and
   ``lead_ms`` (the writer's clock when it stamped the record, and the lead it states for its
-  writes, :mod:`proxy.routing.lead`) are absent from records of older route services, which
+  writes, :mod:`proxy.routes.lead`) are absent from records of older route services, which
   readers take as lead 0.
 
 A record's **version** is its offset in the topic. It is not stored in the value (a writer cannot
@@ -33,7 +33,7 @@ from types import MappingProxyType
 from typing import Any
 
 from proxy.errors import RouteError
-from proxy.routing.table import Route, check_name, check_tenant
+from proxy.routes.table import Route, check_name, check_tenant
 
 # A tenant routes a handful of services; the bound keeps one record (and one request) small.
 MAX_SERVICES_PER_TENANT = 256

@@ -7,7 +7,7 @@ So callers arriving while a sync is in flight wait for the next one, which they 
 burst of calls costs at most two round trips, and a quiet table costs none.
 
 A record is *covered* (decided without a sync) when it is no later than the completeness time
-plus the usable route lead (:func:`proxy.routing.lead.covered_until`); the catch-ups records
+plus the usable route lead (:func:`proxy.routes.lead.covered_until`); the catch-ups records
 ask for are counted by reason, for ``ktp_route_catch_ups_total``.
 """
 
@@ -18,7 +18,7 @@ import collections
 import time
 from collections.abc import Awaitable, Callable
 
-from proxy.routing.lead import CATCH_UP_RETRY, DEFAULT_LEAD_MARGIN_MS, catch_up_reason, covered_until
+from proxy.routes.lead import CATCH_UP_RETRY, DEFAULT_LEAD_MARGIN_MS, catch_up_reason, covered_until
 
 
 def now_ms() -> int:

@@ -3,7 +3,7 @@
 A *route* is one tenant's mapping ``{service: sandbox}`` and the time it takes effect
 (``effective_from``). The table keeps, per tenant, the routes in the order they took effect, so a
 record is decided by the route that was in force at the record's timestamp, not by whatever was
-written last (DESIGN.md, "Routes are judged at the record's time"). A deleted tenant is a route
+written last: routes are judged at the record's time. A deleted tenant is a route
 with no services.
 
 History is bounded: :meth:`RouteTable.prune` drops every route superseded before a horizon that
@@ -254,3 +254,30 @@ class RouteTable:
                 for route in self.routes()
             },
         }
+
+
+class RouteHistory:
+    """Keeps a table's history bounded for one consumer: notes the first record time of each
+    partition's last fetched batch (records are decided as their batch is fetched, so nothing
+    older is still to be decided there, except after a rewind or a re-assignment, which the
+    margin covers) and prunes the table to :func:`prune_horizon` of the assigned partitions."""
+
+    __slots__ = ("_batch_start_ms", "margin_ms", "table")
+
+    def __init__(self, table: RouteTable, margin_ms: int = DEFAULT_HISTORY_MARGIN_MS) -> None:
+        self.table = table
+        self.margin_ms = margin_ms
+        self._batch_start_ms: dict[object, int] = {}
+
+    def __repr__(self) -> str:
+        return f"RouteHistory(partitions={len(self._batch_start_ms)}, routes={self.table.history_size()})"
+
+    def fetched(self, partition: object, first_record_ms: int) -> None:
+        """A batch of ``partition`` whose first record has this timestamp was fetched."""
+        self._batch_start_ms[partition] = first_record_ms
+
+    def prune(self, assigned: Iterable[object], now_ms: int) -> int:
+        """Prune for the partitions assigned now; how many routes were dropped."""
+        kept = {p: self._batch_start_ms.get(p) for p in assigned}
+        self._batch_start_ms = {p: ms for p, ms in kept.items() if ms is not None}
+        return self.table.prune(prune_horizon(kept.values(), now_ms, self.margin_ms))
