@@ -94,9 +94,9 @@ async def produce_at(
 def catch_ups(sidecars: list[Sidecar]) -> collections.Counter[str]:
     total: collections.Counter[str] = collections.Counter()
     for sidecar in sidecars:
-        source = sidecar._catch_up_source
-        assert source is not None
-        total.update(source.catch_ups)
+        gate = sidecar.routes_gate
+        assert gate is not None
+        total.update(gate.source.catch_ups)
     return total
 
 

@@ -98,6 +98,14 @@ async def test_http_source_watches_the_route_service(
             await asyncio.sleep(0.01)
         assert source.table.latest("t-watched").version == stored.version  # type: ignore[union-attr]
         assert source.cursor >= stored.version
+        # The watch asks again every third of the usable lead, so its completeness stays fresh:
+        # live records are covered without a catch-up, with no route change at all meanwhile.
+        assert source.lead.lead_ms(now_ms()) == 1000 and source.next_watch_wait() == 0.25
+        asked = dict(source.catch_ups)
+        await asyncio.sleep(1.5)
+        assert now_ms() - source.synced_at_ms < 750 and source.covered_until_ms > now_ms()
+        await source.catch_up(now_ms())
+        assert dict(source.catch_ups) == asked
 
 
 async def test_create_route_source_specs(bootstrap_servers: str, routes_topic: str, tmp_path: object) -> None:
