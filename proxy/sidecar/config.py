@@ -22,6 +22,7 @@ from proxy.delivery.formats import FORMATS
 from proxy.delivery.ordering import ORDERINGS
 from proxy.delivery.policy import DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS
 from proxy.errors import ConfigError
+from proxy.routing.baggage import is_token
 from proxy.kafka import KAFKA_OPTIONS, KafkaConnection
 from proxy.listener.progress import DEFAULT_STALL_TIMEOUT
 from proxy.delivery.contexts import DEFAULT_GRACE as DEFAULT_DELIVERY_CONTEXT_GRACE
@@ -36,9 +37,9 @@ from proxy.routing.tenant import DEFAULT_TENANT_KEY
 DEFAULT_ROUTES = "kafka:"
 DEFAULT_ROUTES_TOPIC = "_ktp_routes"
 DEFAULT_GROUPS_TOPIC = "_ktp_sandbox_groups"
-DEFAULT_ADMIN_ADDR = "127.0.0.1:15000"
-DEFAULT_METRICS_ADDR = "0.0.0.0:15090"
-DEFAULT_PUBLISH_ADDR = "127.0.0.1:15001"
+DEFAULT_ADMIN_ADDR = "127.0.0.1:14000"
+DEFAULT_METRICS_ADDR = "0.0.0.0:14090"
+DEFAULT_PUBLISH_ADDR = "127.0.0.1:14001"
 DEFAULT_MAX_IN_FLIGHT = 16
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
 DEFAULT_DRAIN_TIMEOUT = 10.0
@@ -182,9 +183,9 @@ class SidecarConfig:
     dead_letter_topic: str | None = None
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     auto_offset_reset: str = "latest"
-    publish_addr: tuple[str, int] = ("127.0.0.1", 15001)
-    admin_addr: tuple[str, int] = ("127.0.0.1", 15000)
-    metrics_addr: tuple[str, int] = ("0.0.0.0", 15090)
+    publish_addr: tuple[str, int] = ("127.0.0.1", 14001)
+    admin_addr: tuple[str, int] = ("127.0.0.1", 14000)
+    metrics_addr: tuple[str, int] = ("0.0.0.0", 14090)
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
@@ -233,6 +234,12 @@ class SidecarConfig:
         if self.app_cafile is not None and url.scheme != "https":
             # The operator believes deliveries are encrypted; they would not be.
             raise ConfigError(f"--app-cafile is set but --app-url {self.app_url!r} is not https://")
+        if not is_token(self.tenant_key):
+            # Keys are not percent-decoded (W3C Baggage): no member could ever be named so.
+            raise ConfigError(
+                f"--tenant-key {self.tenant_key!r} is not a W3C baggage key: use letters, digits "
+                "and !#$%&'*+-.^_`|~ (an RFC 9110 token)"
+            )
         check("--forward-headers", lambda: check_forward_headers(self.forward_headers))
         if self.format not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")

@@ -171,6 +171,7 @@ class Sidecar:
             dead_letters=self.dead_letters,
             metrics=self.metrics,
             forwarded_headers=forwarded_header_names(extra=config.forward_headers),
+            tenant_key=config.tenant_key,
             ordering=config.ordering,
             max_in_flight=config.max_in_flight,
             max_record_bytes=config.max_record_bytes,
@@ -334,8 +335,8 @@ class Sidecar:
             for name, value in record.headers:
                 # tenant.baggage_value, inlined: it runs for every record of every topic.
                 if name == BAGGAGE_HEADER or (len(name) == 7 and name.lower() == BAGGAGE_HEADER):
-                    raw = value
-                    break
+                    # several baggage headers are one baggage-string (tenant.baggage_value)
+                    raw = value if not raw else (raw + b"," + value if value else raw)
             entry = memo.get(raw)
             if entry is None or record.timestamp < entry.since_ms:
                 entry = decide_raw(raw, record.timestamp)

@@ -13,7 +13,6 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.consumer.subscription_state import SubscriptionState
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
 from proxy import compat
 
@@ -75,18 +74,6 @@ async def test_admin_send_request_fails_loudly_when_missing() -> None:
 
     with pytest.raises(compat.CompatError, match="_send_request"):
         await compat.send_admin_request(Bare(), object(), 0)  # type: ignore[arg-type]
-
-
-def test_baggage_limits_match_the_propagator() -> None:
-    assert compat.BAGGAGE_MAX_HEADER_LENGTH == W3CBaggagePropagator._MAX_HEADER_LENGTH == 8192
-    assert compat.BAGGAGE_MAX_PAIR_LENGTH == W3CBaggagePropagator._MAX_PAIR_LENGTH == 4096
-    assert compat.BAGGAGE_MAX_PAIRS == W3CBaggagePropagator._MAX_PAIRS == 180
-
-
-def test_baggage_key_check() -> None:
-    assert compat.is_valid_baggage_key("tenant")
-    assert not compat.is_valid_baggage_key("ten ant")
-    assert not compat.is_valid_baggage_key("")
 
 
 async def test_consumer_client_sends_requests_through_send() -> None:
