@@ -15,11 +15,15 @@ What each is for:
 - the consumer's fetch bookkeeping (``_subscription.fetch_context()``): a wait for room in the
   app counts as asking for records, as aiokafka's own waits inside ``getmany`` do.
 - ``AIOKafkaAdminClient._send_request``: DeleteGroups, which aiokafka's admin client lacks.
+- the consumer's client (``AIOKafkaConsumer._client.send``): when each Fetch was sent and the high
+  watermark it was answered with, which the routes reader turns into "complete through the send
+  time" without a request of its own. aiokafka keeps only the answer's time.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer
@@ -107,6 +111,43 @@ def fetch_context(consumer: AIOKafkaConsumer) -> contextlib.AbstractContextManag
     except AttributeError as exc:
         raise _missing("AIOKafkaConsumer", f"_subscription.fetch_context ({exc.name})") from None
     return cast("contextlib.AbstractContextManager[object]", context())
+
+
+# -- aiokafka: fetch answers ---------------------------------------------------------------------
+
+_FETCH_API_KEY = 1
+FetchAnswer = list[tuple[str, int, int, int]]
+"""One Fetch answer's partitions: ``(topic, partition, error_code, high watermark)``."""
+
+
+def observe_fetches(
+    consumer: AIOKafkaConsumer, on_answer: Callable[[int, FetchAnswer], None], clock: Callable[[], int]
+) -> None:
+    """Call ``on_answer(sent_at, partitions)`` for every Fetch the (started) consumer sends, with
+    ``clock()`` read just before it was sent. An answer of an unexpected shape is passed on
+    unobserved."""
+    client = getattr(consumer, "_client", None)
+    send = getattr(client, "send", None)
+    if client is None or send is None:
+        raise _missing("AIOKafkaConsumer", "_client.send")
+
+    async def observed(node_id: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(request, "API_KEY", None) != _FETCH_API_KEY:
+            return await send(node_id, request, *args, **kwargs)
+        sent_at = clock()
+        response = await send(node_id, request, *args, **kwargs)
+        try:
+            answer = [
+                (str(topic), int(number), int(error_code), int(highwater))
+                for topic, partitions in response.topics
+                for number, error_code, highwater, *_ in partitions
+            ]
+        except (AttributeError, TypeError, ValueError):
+            return response
+        on_answer(sent_at, answer)
+        return response
+
+    client.send = observed
 
 
 # -- aiokafka: admin requests --------------------------------------------------------------------

@@ -13,6 +13,7 @@ import collections
 import gc
 import logging
 import signal
+import time
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -36,6 +37,8 @@ from proxy.metrics import Metrics
 from proxy.routeservice.groups import SandboxGroup, register_sandbox_group
 from proxy.routing.filter import Decided, RouteFilter
 from proxy.routing.sources import CatchUpRouteSource, RouteSource, create_route_source
+from proxy.routes.catchup import now_ms
+from proxy.routes.table import RouteHistory
 from proxy.routing.tenant import BAGGAGE_HEADER, TenantExtractor
 from proxy.sidecar.config import SidecarConfig
 from proxy.sidecar.gauges import PartitionGauges
@@ -54,6 +57,8 @@ FETCH_MAX_BYTES = 1024 * 1024
 REVOKE_TIMEOUT = 5.0
 KAFKA_RETRY_INITIAL = 0.5
 KAFKA_RETRY_MAX = 10.0
+# Route history older than what the partitions may still bring is dropped this often.
+ROUTE_PRUNE_INTERVAL = 60.0
 
 
 def freeze_startup_objects() -> None:
@@ -154,6 +159,8 @@ class Sidecar:
             if isinstance(source, CatchUpRouteSource)
             else None
         )
+        if self.routes_gate is not None:
+            self.metrics.track_route_catch_ups(self.routes_gate.source.catch_ups)
         # Publish endpoint, ktp-delivery contexts, CloudEvents, propagators, spans.
         self.context_parts = build_context_parts(config, self.metrics, tracer_provider=tracer_provider)
         self.dispatcher = Dispatcher(
@@ -184,6 +191,7 @@ class Sidecar:
         )
         self.metrics_server = HttpServer(config.metrics_addr, metrics_routes(self._render_metrics), name="metrics")
         self.gauges = PartitionGauges(self.metrics, self.listener, self.partitions, self.table, config.stall_timeout)
+        self.route_history = RouteHistory(self.table)
         self._recent = RecentDecisions()
         self._stopping = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -339,6 +347,7 @@ class Sidecar:
                 begin(record.offset)
                 submit(state, record)
         state.offsets.fetched_through(records[-1].offset)
+        self.route_history.fetched(tp, records[0].timestamp)
         skipped: dict[str, int] = {}
         for entry, count in collections.Counter(decided).items():
             if not entry.deliver:
@@ -400,11 +409,16 @@ class Sidecar:
             self.partitions.mark_committed(offsets)
 
     async def _commit_loop(self) -> None:
+        next_prune = time.monotonic() + ROUTE_PRUNE_INTERVAL
         while True:
             await asyncio.sleep(self.config.commit_interval)
             try:
                 await self.commit()
                 self.gauges.update()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + ROUTE_PRUNE_INTERVAL
+                    if dropped := self.route_history.prune(self.partitions.tps(), now_ms()):
+                        log.info("route history: dropped %d superseded routes", dropped)
             except Exception:  # keep committing whatever one round hit
                 log.exception("commit round failed")
 

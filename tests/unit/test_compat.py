@@ -74,3 +74,15 @@ async def test_admin_send_request_fails_loudly_when_missing() -> None:
 
     with pytest.raises(compat.CompatError, match="_send_request"):
         await compat.send_admin_request(Bare(), object(), 0)  # type: ignore[arg-type]
+
+
+async def test_consumer_client_sends_requests_through_send() -> None:
+    # The routes reader observes Fetch requests by wrapping the consumer's client ``send``.
+    from aiokafka.client import AIOKafkaClient
+
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+    assert isinstance(consumer._client, AIOKafkaClient)
+    assert inspect.iscoroutinefunction(AIOKafkaClient.send)
+    seen: list[object] = []
+    compat.observe_fetches(consumer, lambda sent, answer: seen.append(answer), lambda: 0)
+    assert consumer._client.send.__name__ == "observed"
