@@ -6,6 +6,10 @@ A *lane* is a queue delivered one record at a time, in order. The ordering mode 
 - ``key``:       one lane per (partition, key): keys of one partition run concurrently;
 - ``none``:      one lane per record.
 
+With bulk delivery on (``bulk``, :mod:`proxy.delivery.bulk_lane`) a lane sends up to
+``--bulk-max-records`` of its records per POST instead; the dispatcher is its
+:class:`~proxy.delivery.bulk_lane.LaneHost` (slots, watermarks, retry pauses, dead letters).
+
 At most ``max_in_flight`` deliveries run at once. A record is done when the app took it, the app
 said DROP, it was dead-lettered, or dead letters are off and it was logged and counted; only then
 does its partition's commit watermark move past it. A revoked partition's lanes stop after the
@@ -25,6 +29,7 @@ from typing import TypeAlias
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from proxy.delivery.bulk_lane import BulkDelivery
 from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.headers import build_headers
 from proxy.delivery.interop import DeliveryInterop
@@ -99,6 +104,9 @@ class _Lane:
     state: PartitionState
     queue: deque[Record] = field(default_factory=deque)
     task: asyncio.Task[None] | None = None
+    # Bulk delivery: resolved by submit() once the queue holds fill_to records.
+    filled: asyncio.Future[None] | None = None
+    fill_to: int = 0
 
 
 class Dispatcher:
@@ -118,6 +126,7 @@ class Dispatcher:
         max_in_flight: int = 16,
         max_record_bytes: int = 1024 * 1024,
         interop: DeliveryInterop | None = None,
+        bulk: BulkDelivery | None = None,
     ) -> None:
         self.upstream = upstream
         self.health = health
@@ -129,6 +138,7 @@ class Dispatcher:
         self.ordering = ordering
         self.max_record_bytes = max_record_bytes
         self.interop = interop
+        self.bulk = bulk
         self.max_in_flight = max_in_flight
         # Free delivery slots, and lanes waiting for one (a semaphore's acquire is a coroutine
         # call per delivery even when a slot is free).
@@ -170,6 +180,9 @@ class Dispatcher:
             self._idle.clear()
         else:
             lane.queue.append(record)
+            filled = lane.filled
+            if filled is not None and len(lane.queue) >= lane.fill_to and not filled.done():
+                filled.set_result(None)
 
     def room(self, states: Iterable[PartitionState]) -> int:
         """How many more records may be fetched now (never less than one partition's share:
@@ -255,6 +268,9 @@ class Dispatcher:
         queue = lane.queue
         offsets = state.offsets
         try:
+            if self.bulk is not None:
+                await self.bulk.run(self, lane)
+                return
             while queue and not state.revoked:
                 record = queue[0]
                 if self._free:
@@ -358,6 +374,44 @@ class Dispatcher:
                 state.retrying -= 1
                 if state.retrying == 0:
                     self.listener.resume((state.tp,), "retrying")
+
+    # -- LaneHost (proxy.delivery.bulk_lane) ----------------------------------------------------
+
+    async def acquire_slot(self, deliveries: int) -> None:
+        """Take a delivery slot for a bulk of ``deliveries`` records."""
+        if self._free:
+            self._free -= 1
+        else:
+            await self._slot()
+        self._in_flight += deliveries
+
+    def release_slot(self, deliveries: int) -> None:
+        """Give back a bulk's slot."""
+        self._in_flight -= deliveries
+        self._release_slot()
+
+    def record_done(self, state: PartitionState, offset: int) -> None:
+        """A record of a bulk is done."""
+        state.offsets.done(offset)
+        if state.backpressured and state.offsets.pending <= self._low:
+            self.release(state)
+
+    def retry_started(self, state: PartitionState) -> None:
+        """A bulk of ``state``'s waits to retry: the partition is paused, as for single deliveries."""
+        state.retrying += 1
+        if state.retrying == 1:
+            self.listener.pause((state.tp,), "retrying")
+
+    def retry_ended(self, state: PartitionState) -> None:
+        state.retrying -= 1
+        if state.retrying == 0:
+            self.listener.resume((state.tp,), "retrying")
+
+    async def finish_undelivered(
+        self, state: PartitionState, record: Record, reason: str, attempts: int, status: int | None
+    ) -> bool:
+        """Dead-letter ``record`` (or drop it when dead letters are off); True: it is done."""
+        return await self._finish_undelivered(state, record, reason, attempts, status)
 
     async def _finish_undelivered(
         self, state: PartitionState, record: Record, reason: str, attempts: int, status: int | None

@@ -23,8 +23,10 @@ from opentelemetry.trace import TracerProvider
 
 from proxy.admin.decisions import RecentDecisions
 from proxy.admin.server import HttpServer, admin_routes, metrics_routes
+from proxy.delivery.bulk_lane import BulkDelivery
 from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.dispatcher import PartitionState, Dispatcher
+from proxy.delivery.interop import DeliveryInterop
 from proxy.delivery.headers import forwarded_header_names
 from proxy.delivery.policy import RetryPolicy
 from proxy.kafka import KafkaConnection, client_ssl_context
@@ -150,22 +152,45 @@ class Sidecar:
         )
         # Publish endpoint, ktp-delivery contexts, CloudEvents, propagators, spans.
         self.interop = build_interop(config, self.metrics, tracer_provider=tracer_provider)
+        policy = RetryPolicy(
+            max_attempts=config.max_attempts,
+            initial=config.backoff_initial,
+            maximum=config.backoff_max,
+        )
+        forwarded = forwarded_header_names(extra=config.forward_headers)
+        self.bulk = (
+            BulkDelivery(
+                max_records=config.bulk_max_records,
+                max_wait=config.bulk_max_wait,
+                upstream=self.upstream,
+                health=self.health,
+                policy=policy,
+                metrics=self.metrics,
+                forwarded_headers=forwarded,
+                max_record_bytes=config.max_record_bytes,
+                # Entries carry their CloudEvents attributes in the event, not in the metadata.
+                interop=DeliveryInterop(
+                    contexts=self.interop.contexts, tracing=self.interop.tracing, service=config.service
+                ),
+                cloudevents_format=config.format == "cloudevents",
+                service=config.service,
+            )
+            if config.bulk_max_records
+            else None
+        )
         self.dispatcher = Dispatcher(
             upstream=self.upstream,
             health=self.health,
             listener=self.listener,
-            policy=RetryPolicy(
-                max_attempts=config.max_attempts,
-                initial=config.backoff_initial,
-                maximum=config.backoff_max,
-            ),
+            policy=policy,
             dead_letters=self.dead_letters,
             metrics=self.metrics,
-            forwarded_headers=forwarded_header_names(extra=config.forward_headers),
+            forwarded_headers=forwarded,
             ordering=config.ordering,
             max_in_flight=config.max_in_flight,
             max_record_bytes=config.max_record_bytes,
             interop=self.interop.delivery,
+            bulk=self.bulk,
         )
         self.admin = HttpServer(
             config.admin_addr,
