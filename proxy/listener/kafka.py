@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord
 
+from proxy import compat
 from proxy.kafka import KafkaConnection
 
 log = logging.getLogger(__name__)
@@ -153,13 +154,12 @@ class KafkaListener:
         (it takes that as a consumer stuck in its processing). A sidecar whose app is slow is not
         stuck: it is waiting for room, and fetches again the moment there is some. So the wait
         counts as asking, as aiokafka counts its own waits inside ``getmany`` (its bookkeeping is
-        a private context manager; without it, the wait is a plain one). The wait does not raise
+        a private context manager, reached through :mod:`proxy.compat`). The wait does not raise
         on timeout, which would leave that bookkeeping off."""
-        subscription = getattr(self.consumer, "_subscription", None)
-        context = getattr(subscription, "fetch_context", None)
+        context = compat.fetch_context(self.consumer)
         waiting = asyncio.ensure_future(waiter)
         try:
-            with context() if context is not None else contextlib.nullcontext():
+            with context:
                 await asyncio.wait((waiting,), timeout=timeout)
         finally:
             waiting.cancel()
@@ -168,9 +168,7 @@ class KafkaListener:
     def membership_lost(self) -> bool:
         """True once the broker no longer knows this member (aiokafka then resets the member id
         and generation, and rejoins). Before the first join there is nothing to commit anyway."""
-        # aiokafka has no public view of this; its coordinator keeps it as plain attributes.
-        coordinator = self.consumer._coordinator
-        return coordinator is None or coordinator.generation < 0 or not coordinator.member_id
+        return compat.membership_lost(self.consumer)
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit ``offsets`` for the current generation. Raises ``CommitFailedError`` if the
@@ -179,7 +177,7 @@ class KafkaListener:
         consumer = self.consumer
         try:
             async with asyncio.timeout(self.commit_timeout):
-                await consumer._coordinator.ensure_coordinator_known()
+                await compat.ensure_coordinator_known(consumer)
                 # No await between this check and aiokafka building the request with the
                 # member's generation: the check holds for the commit sent.
                 if self.membership_lost:
@@ -245,12 +243,12 @@ class KafkaListener:
 
     async def _watch_membership(self) -> None:
         """Fence fetching while the coordinator is unreachable; lift the fence on proof."""
-        coordinator = self.consumer._coordinator
+        consumer = self.consumer
         unreachable_since: float | None = None
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             now = time.monotonic()
-            if coordinator.coordinator_id is None:
+            if not compat.coordinator_known(consumer):
                 unreachable_since = unreachable_since or now
                 if not self.fenced and now - unreachable_since >= self._session_timeout / 2:
                     self._fence()
@@ -260,7 +258,7 @@ class KafkaListener:
                 # An extra heartbeat: success proves the membership; an expired member learns it
                 # here (aiokafka then resets the generation and rejoins, see _assigned).
                 try:
-                    confirmed = await coordinator._do_heartbeat()
+                    confirmed = await compat.heartbeat(consumer)
                 except KafkaError as exc:
                     log.warning("membership check failed: %r", exc)
                     continue

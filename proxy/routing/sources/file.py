@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from proxy.errors import RouteError
-from proxy.routing.table import Route, RouteTable
+from proxy.routes.table import Route, RouteTable
 
 log = logging.getLogger(__name__)
 

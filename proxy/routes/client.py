@@ -20,7 +20,7 @@ import aiohttp
 from yarl import URL
 
 from proxy.errors import ConfigError, KtpError, RouteError
-from proxy.routing.records import RouteRecord, parse_rfc3339, record_from_api
+from proxy.routes.records import RouteRecord, parse_rfc3339, record_from_api
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 10.0
