@@ -89,6 +89,13 @@ INJECTOR_OPTIONS = (
         "kafka:",
     ),
     Option(
+        "bulk-max-records",
+        "bulk delivery (--bulk-max-records) given to every sidecar, 0 for off; a pod's "
+        "kafka-tenant-proxy.io/bulk-max-records annotation may override it",
+        0,
+        parse=int,
+    ),
+    Option(
         "native-sidecar",
         "inject a native sidecar (init container with restartPolicy Always, Kubernetes 1.29+); "
         "a pod's kafka-tenant-proxy.io/native-sidecar annotation may override it",
@@ -165,6 +172,7 @@ class InjectorConfig:
             kafka_ca_secret=refs[1],
             kafka_client_cert_secret=values["kafka_client_cert_secret"],
             routes=values["routes"],
+            bulk_max_records=values["bulk_max_records"],
             native_sidecar=values["native_sidecar"],
             probes=values["probes"],
             resources=Resources(
