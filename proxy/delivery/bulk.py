@@ -142,20 +142,51 @@ def raw_event(value: bytes | None) -> str:
     return base64.b64encode(value).decode("ascii") if value else ""
 
 
-def entry(entry_id: str, event: Any, content_type: str, metadata: Mapping[str, str]) -> dict[str, Any]:
-    """One entry of a bulk request."""
-    return {"entryId": entry_id, "event": event, "contentType": content_type, "metadata": metadata}
+def entry_json(entry_id: str, event_json: str, content_type: str, metadata: Mapping[str, str]) -> str:
+    """One entry of a bulk request as JSON text (ASCII), built once and sent on every attempt.
+
+    ``event_json`` is the event already as JSON text. Metadata values are checked HTTP field
+    values (visible ASCII, space, tab) and names are tokens, so they are nearly always JSON
+    strings as they are: written by hand and checked (no backslash, control or non-ASCII
+    character, and exactly the quotes we put in), else encoded by ``json``.
+    """
+    if metadata:
+        pairs = '","'.join(map('":"'.join, metadata.items()))
+        plain = f'{entry_id}{content_type}{pairs}'
+        # Printable ASCII (no control or non-ASCII character), no backslash, only our quotes.
+        if (
+            plain.isascii()
+            and plain.isprintable()
+            and "\\" not in plain
+            and plain.count('"') == 4 * len(metadata) - 2
+        ):
+            return (
+                f'{{"entryId":"{entry_id}","event":{event_json},"contentType":"{content_type}",'
+                f'"metadata":{{"{pairs}"}}}}'
+            )
+    return (
+        f'{{"entryId":{json.dumps(entry_id)},"event":{event_json},"contentType":{json.dumps(content_type)},'
+        f'"metadata":{json.dumps(dict(metadata), separators=(",", ":"))}}}'
+    )
 
 
-def encode_body(topic: str, partition: int, entries: Sequence[Mapping[str, Any]]) -> bytes:
-    """The bulk request body. ASCII only (``ensure_ascii``): the metadata is checked field
-    values, and events are base64 or JSON."""
-    envelope = {
-        "topic": topic,
-        "metadata": {"kafka-topic": topic, "kafka-partition": str(partition)},
-        "entries": entries,
-    }
-    return json.dumps(envelope, separators=(",", ":")).encode("ascii")
+def raw_event_json(value: bytes | None) -> str:
+    """:func:`raw_event` as JSON text (base64 needs no escaping)."""
+    return f'"{raw_event(value)}"'
+
+
+def event_json(event: Any) -> str:
+    """A JSON event (a CloudEvent) as ASCII JSON text."""
+    return json.dumps(event, separators=(",", ":"))
+
+
+def encode_body(topic: str, partition: int, entries: Sequence[str]) -> bytes:
+    """The bulk request body, from entries made by :func:`entry_json`."""
+    name = json.dumps(topic)
+    return (
+        f'{{"topic":{name},"metadata":{{"kafka-topic":{name},"kafka-partition":"{partition}"}},'
+        f'"entries":[{",".join(entries)}]}}'
+    ).encode("ascii")
 
 
 def _json_type(content_type: str | None) -> bool:

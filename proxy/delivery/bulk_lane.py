@@ -86,7 +86,7 @@ class _Entry:
 
     __slots__ = ("body", "id", "record", "scope")
 
-    def __init__(self, record: Record, entry_id: str, body: dict[str, Any], scope: DeliveryScope | None) -> None:
+    def __init__(self, record: Record, entry_id: str, body: str, scope: DeliveryScope | None) -> None:
         self.record = record
         self.id = entry_id
         self.body = body
@@ -190,7 +190,6 @@ class BulkDelivery:
             headers["kafka-tombstone"] = "true"
         scope = self.interop.begin(record, headers, rejected) if self.interop is not None else None
         content_type = headers["content-type"]
-        event: Any
         if self.cloudevents:
             event, left_out = bulk.cloud_event(
                 source=cloudevents.event_source(self.service, topic),
@@ -204,8 +203,9 @@ class BulkDelivery:
             )
             rejected.extend([cloudevents.REJECTED] * left_out)
             content_type = bulk.CLOUDEVENT_CONTENT_TYPE
+            event_json = bulk.event_json(event)
         else:
-            event = bulk.raw_event(value)
+            event_json = bulk.raw_event_json(value)
         for name in rejected:
             self.metrics.bad_input.labels(topic, f"header_{name}").inc()
             log.warning(
@@ -213,7 +213,7 @@ class BulkDelivery:
                 topic, record.partition, record.offset, name,
             )
         entry_id = bulk.entry_id(record.offset)
-        return _Entry(record, entry_id, bulk.entry(entry_id, event, content_type, headers), scope)
+        return _Entry(record, entry_id, bulk.entry_json(entry_id, event_json, content_type, headers), scope)
 
     async def _deliver(self, host: LaneHost, state: PartitionState, records: list[Record]) -> bool:
         """Deliver one bulk until every entry is done (True) or the partition is revoked."""

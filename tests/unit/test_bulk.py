@@ -134,7 +134,9 @@ records = st.lists(
 def test_the_body_carries_every_entry_in_order_in_ascii_json(
     records: list[tuple[int, bytes | None, dict[str, str]]]
 ) -> None:
-    entries = [bulk.entry(bulk.entry_id(o), bulk.raw_event(v), "application/octet-stream", m) for o, v, m in records]
+    entries = [
+        bulk.entry_json(bulk.entry_id(o), bulk.raw_event_json(v), "application/octet-stream", m) for o, v, m in records
+    ]
     body = encode_body("orders", 3, entries)
     assert body.isascii()
     parsed = json.loads(body)
@@ -143,6 +145,25 @@ def test_the_body_carries_every_entry_in_order_in_ascii_json(
     assert [base64.b64decode(e["event"]) for e in parsed["entries"]] == [v or b"" for _, v, _ in records]
     assert [e["metadata"] for e in parsed["entries"]] == [m for _, _, m in records]
     assert {e["contentType"] for e in parsed["entries"]} == {"application/octet-stream"}
+
+
+field_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.sampled_from('\t"\\'), max_size=12)
+
+
+@settings(max_examples=500)
+@given(
+    entry_id=st.text(max_size=6) | st.integers(0, 2**63).map(str),
+    content_type=field_text | st.text(max_size=8),
+    metadata=st.dictionaries(field_text | st.text(max_size=6), field_text | st.text(max_size=6), max_size=8),
+    event=st.none() | st.integers() | st.text(max_size=8) | st.dictionaries(st.text(max_size=4), st.text(max_size=4)),
+)
+def test_hand_written_entry_json_is_what_json_would_write(
+    entry_id: str, content_type: str, metadata: dict[str, str], event: object
+) -> None:
+    # Values with quotes, backslashes, tabs, controls or non-ASCII must take the encoder's path.
+    text = bulk.entry_json(entry_id, bulk.event_json(event), content_type, metadata)
+    assert text.isascii()
+    assert json.loads(text) == {"entryId": entry_id, "event": event, "contentType": content_type, "metadata": metadata}
 
 
 def read_event(event: dict[str, object]):  # type: ignore[no-untyped-def]
