@@ -25,6 +25,7 @@ that is not a JSON object with a ``statuses`` list retries every entry.
 from __future__ import annotations
 
 import base64
+import binascii
 import enum
 import json
 from collections.abc import Collection, Mapping, Sequence
@@ -81,6 +82,11 @@ class BulkAnswer:
     unknown_ids: int = 0
     problem: str | None = None
     conflicts: int = 0
+
+    @property
+    def all_ok(self) -> bool:
+        """Every entry sent is ``SUCCESS`` (nearly every answer: the lane's fast path)."""
+        return self.problem is None and all(v is ENTRY_OK for v in self.verdicts.values())
 
 
 def entry_id(offset: int) -> str:
@@ -172,7 +178,7 @@ def entry_json(entry_id: str, event_json: str, content_type: str, metadata: Mapp
 
 def raw_event_json(value: bytes | None) -> str:
     """:func:`raw_event` as JSON text (base64 needs no escaping)."""
-    return f'"{raw_event(value)}"'
+    return f'"{binascii.b2a_base64(value, newline=False).decode("ascii")}"' if value else '""'
 
 
 def event_json(event: Any) -> str:

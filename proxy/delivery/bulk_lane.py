@@ -279,6 +279,15 @@ class BulkDelivery:
                         whole = verdict.reason
                         dead_letter = verdict.outcome is Outcome.DEAD_LETTER
                         retry_after = parse_retry_after(answer.retry_after, time.time()) if answer.retry_after else None
+                if read is not None and read.all_ok:
+                    # Every entry taken: counted at once, then each is done.
+                    counters.attempts("ok").inc(len(entries))
+                    counters.delivered.inc(len(entries))
+                    self._request(topic, "ok").inc()
+                    done, entries = entries, []
+                    for entry in done:
+                        self._end(host, state, entry, attempts, status)
+                    return True
                 undone: list[_Entry] = []
                 for entry in entries:
                     if read is not None:
