@@ -8,6 +8,10 @@ is answered and counted apart. ``GET /stats`` answers JSON:
 deliveries received, the monotonic times of the first, the last and the ``N``-th one, and with
 ``--latency`` each delivery's (partition, offset, record timestamp ms, receipt time µs), the first
 three read from the ``kafka-*`` headers.
+
+A bulk delivery (``--bulk-max-records``: a JSON body ``{"entries": [...]}``) is answered as a
+Dapr bulk-subscribe app answers, every entry ``SUCCESS``, and each entry counts as a delivery
+(its timings read from its metadata).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import time
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+BULK_PREFIX = b'{"topic"'
 
 
 def header_int(head: bytes, name: bytes) -> int:
@@ -56,6 +61,29 @@ class Stats:
                 time.time_ns() // 1000,
             ))
 
+    def received_bulk(self, body: bytes) -> bytes:
+        """Count a bulk's entries; the answer that takes them all."""
+        now = time.monotonic()
+        entries = json.loads(body)["entries"]
+        if not self.count:
+            self.first = now
+        self.last = now
+        before = self.count
+        self.count += len(entries)
+        if before < self.expect <= self.count:
+            self.reached = now
+        if self.latency:
+            received_us = time.time_ns() // 1000
+            for entry in entries:
+                meta = entry["metadata"]
+                self.samples.append((
+                    int(meta["kafka-partition"]), int(meta["kafka-offset"]), int(meta["kafka-timestamp"]), received_us,
+                ))
+        answer = json.dumps({"statuses": [{"entryId": e["entryId"], "status": "SUCCESS"} for e in entries]}).encode()
+        return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+            len(answer), answer,
+        )
+
     def as_json(self, full: bool) -> bytes:
         data: dict[str, object] = {
             "count": self.count, "first": self.first, "last": self.last, "reached": self.reached,
@@ -89,8 +117,11 @@ class AppProtocol(asyncio.Protocol):
             total = end + 4 + max(header_int(head, b"content-length"), 0)
             if len(buffer) < total:
                 break
+            body = buffer[end + 4 : total]
             buffer = buffer[total:]
-            if head.startswith(b"post /events "):
+            if head.startswith(b"post /events ") and body.startswith(BULK_PREFIX):
+                out.append(self.stats.received_bulk(body))
+            elif head.startswith(b"post /events "):
                 self.stats.received(head)
                 out.append(OK)
             elif head.startswith(b"post"):
