@@ -19,10 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import time
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 BULK_PREFIX = b'{"topic"'
+ENTRY_ID = re.compile(rb'"entryId":"([0-9]+)"')
+PARTITION = re.compile(rb'"kafka-partition":"([0-9]+)"')
+OFFSET = re.compile(rb'"kafka-offset":"([0-9]+)"')
+TIMESTAMP = re.compile(rb'"kafka-timestamp":"([0-9]+)"')
 
 
 def header_int(head: bytes, name: bytes) -> int:
@@ -62,24 +67,25 @@ class Stats:
             ))
 
     def received_bulk(self, body: bytes) -> bytes:
-        """Count a bulk's entries; the answer that takes them all."""
+        """Count a bulk's entries; the answer that takes them all. The ids and timings are cut
+        out of the body with regular expressions rather than parsed: a JSON parse of every bulk
+        made this app the bottleneck of the bulk runs (the sidecar's own numbers stay its own)."""
         now = time.monotonic()
-        entries = json.loads(body)["entries"]
+        ids = ENTRY_ID.findall(body)
         if not self.count:
             self.first = now
         self.last = now
         before = self.count
-        self.count += len(entries)
+        self.count += len(ids)
         if before < self.expect <= self.count:
             self.reached = now
         if self.latency:
             received_us = time.time_ns() // 1000
-            for entry in entries:
-                meta = entry["metadata"]
-                self.samples.append((
-                    int(meta["kafka-partition"]), int(meta["kafka-offset"]), int(meta["kafka-timestamp"]), received_us,
-                ))
-        answer = json.dumps({"statuses": [{"entryId": e["entryId"], "status": "SUCCESS"} for e in entries]}).encode()
+            for partition, offset, timestamp in zip(
+                PARTITION.findall(body)[1:], OFFSET.findall(body), TIMESTAMP.findall(body)  # [0]: the bulk's own
+            ):
+                self.samples.append((int(partition), int(offset), int(timestamp), received_us))
+        answer = b'{"statuses":[' + b",".join(b'{"entryId":"%s","status":"SUCCESS"}' % i for i in ids) + b"]}"
         return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
             len(answer), answer,
         )
