@@ -29,17 +29,17 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from proxy.delivery import bulk, cloudevents
 from proxy.delivery.headers import DEFAULT_CONTENT_TYPE, build_headers
-from proxy.delivery.interop import DeliveryInterop, DeliveryScope
+from proxy.delivery.envelope import DeliveryEnvelope, DeliveryScope
 from proxy.delivery.policy import Outcome, RetryPolicy, classify, parse_retry_after
 from proxy.errors import AppUnavailable
 from proxy.metrics import BufferedCounter, Metrics
-from proxy.upstream.health import AppHealth
-from proxy.upstream.http import AppConnectError, AppTimeout, HttpUpstream
+from proxy.delivery.ports import Health, Upstream
+from proxy.upstream.http import AppConnectError, AppTimeout
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
 
-    from proxy.delivery.dispatcher import PartitionState
+    from proxy.listener.partitions import PartitionState
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,13 @@ class BulkDelivery:
         *,
         max_records: int,
         max_wait: float,
-        upstream: HttpUpstream,
-        health: AppHealth,
+        upstream: Upstream,
+        health: Health,
         policy: RetryPolicy,
         metrics: Metrics,
         forwarded_headers: frozenset[str],
         max_record_bytes: int,
-        interop: DeliveryInterop | None = None,
+        envelope: DeliveryEnvelope | None = None,
         cloudevents_format: bool = False,
         service: str = "",
     ) -> None:
@@ -125,7 +125,7 @@ class BulkDelivery:
         self.max_record_bytes = max_record_bytes
         # ktp-delivery ids, trace context and spans per entry. In the raw format (the
         # CloudEvents attributes of an entry go into its event, not into its metadata).
-        self.interop = interop
+        self.envelope = envelope
         self.cloudevents = cloudevents_format
         self.service = service
         self._requests: dict[tuple[str, str], BufferedCounter] = {}
@@ -188,7 +188,7 @@ class BulkDelivery:
         value = record.value
         if value is None:
             headers["kafka-tombstone"] = "true"
-        scope = self.interop.begin(record, headers, rejected) if self.interop is not None else None
+        scope = self.envelope.begin(record, headers, rejected) if self.envelope is not None else None
         content_type = headers["content-type"]
         if self.cloudevents:
             event, left_out = bulk.cloud_event(

@@ -294,7 +294,7 @@ async def test_cloudevents_in_bulk_are_json_events_with_contexts_per_entry(
             chosen = next(r for r in app.received if seq(r) == 17)
             out = await create_topic(bootstrap_servers, f"{topic}-out", 1)
             async with aiohttp.ClientSession() as session, session.post(
-                f"{sidecar.interop.publish.url}/{out}",
+                f"{sidecar.context_parts.publish.url}/{out}",
                 data=b"reply", headers={"ktp-delivery": chosen.headers["ktp-delivery"]},
             ) as response:
                 assert response.status == 204, await response.text()
