@@ -1,7 +1,7 @@
 """Sandbox consumer-group lifecycle: groups are deleted when no route sends records to them.
 
-Seeds: "when you delete the tenant, you should also delete its corresponding consumer group".
-The route service owns this (DESIGN.md) because it outlives sandbox pods: when a sandbox is torn
+Deleting a tenant's routes should also delete the consumer groups they made. The route service
+owns this because it outlives sandbox pods: when a sandbox is torn
 down its pods are gone, and nothing else would clean up after them.
 
 - A sandbox pod's sidecar *registers* its group ``G-X`` with its service and sandbox in a small
