@@ -254,6 +254,9 @@ class SidecarConfig:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
         check("--bulk-max-records", lambda: _bulk_max_records(self.bulk_max_records))
         check("--bulk-max-wait", lambda: _non_negative(self.bulk_max_wait))
+        if self.bulk_max_records and self.ordering == "none":
+            # Each record is its own lane there: every bulk would hold one record and wait for more.
+            raise ConfigError("--bulk-max-records bundles a lane's records: use --ordering partition or key")
         check("--publish-headers", lambda: check_publish_headers(self.publish_headers))
         if self.default_tenant is not None:
             if self.sandbox is None:

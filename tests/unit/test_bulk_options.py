@@ -45,3 +45,9 @@ def test_a_config_built_directly_is_checked_too() -> None:
         sidecar_config("b:9092", "t", "http://127.0.0.1:8080/e", "/dev/null", bulk_max_records=MAX_BULK_RECORDS + 1)
     with pytest.raises(ConfigError, match="--bulk-max-wait"):
         sidecar_config("b:9092", "t", "http://127.0.0.1:8080/e", "/dev/null", bulk_max_wait=-1.0)
+
+
+def test_bulks_need_lanes_of_more_than_one_record() -> None:
+    with pytest.raises(ConfigError, match="--ordering partition or key"):
+        parse([*REQUIRED, "--bulk-max-records", "8", "--ordering", "none"])
+    assert parse([*REQUIRED, "--bulk-max-records", "8", "--ordering", "key"]).ordering == "key"
