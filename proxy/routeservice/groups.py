@@ -111,7 +111,7 @@ class SandboxGroup:
         try:
             data = json.loads(value)
             group, service, sandbox = data["group"], data["service"], data["sandbox"]
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise RouteError(f"sandbox group registration {key!r} is malformed: {exc}") from exc
         if not isinstance(group, str) or (key is not None and key != group.encode()):
             raise RouteError(f"sandbox group registration {key!r} names another group")
