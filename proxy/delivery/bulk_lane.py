@@ -28,7 +28,7 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from proxy.delivery import bulk, cloudevents
-from proxy.delivery.headers import DEFAULT_CONTENT_TYPE, build_headers
+from proxy.delivery.headers import DEFAULT_CONTENT_TYPE
 from proxy.delivery.envelope import DeliveryEnvelope, DeliveryScope
 from proxy.delivery.policy import Outcome, RetryPolicy, classify, parse_retry_after
 from proxy.errors import AppUnavailable
@@ -59,6 +59,12 @@ class BulkLane(Protocol):
 
 class LaneHost(Protocol):
     """What a bulk lane needs from the dispatcher that runs it."""
+
+    def request_headers(
+        self, record: Record, envelope: DeliveryEnvelope | None
+    ) -> tuple[dict[str, str], DeliveryScope | None]:
+        """The headers a single delivery of ``record`` would carry (unsafe ones counted and
+        logged), and its ``envelope`` scope."""
 
     async def acquire_slot(self, deliveries: int) -> None:
         """Wait for a delivery slot; ``deliveries`` records go in flight with it."""
@@ -105,7 +111,6 @@ class BulkDelivery:
         health: Health,
         policy: RetryPolicy,
         metrics: Metrics,
-        forwarded_headers: frozenset[str],
         max_record_bytes: int,
         envelope: DeliveryEnvelope | None = None,
         cloudevents_format: bool = False,
@@ -121,7 +126,6 @@ class BulkDelivery:
         self.health = health
         self.policy = policy
         self.metrics = metrics
-        self.forwarded_headers = forwarded_headers
         self.max_record_bytes = max_record_bytes
         # ktp-delivery ids, trace context and spans per entry. In the raw format (the
         # CloudEvents attributes of an entry go into its event, not into its metadata).
@@ -174,21 +178,10 @@ class BulkDelivery:
             size += length
         return batch
 
-    def _entry(self, record: Record) -> _Entry:
+    def _entry(self, host: LaneHost, record: Record) -> _Entry:
         topic = record.topic
-        headers, rejected = build_headers(
-            topic=topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp=record.timestamp,
-            key=record.key,
-            record_headers=record.headers,
-            forwarded=self.forwarded_headers,
-        )
         value = record.value
-        if value is None:
-            headers["kafka-tombstone"] = "true"
-        scope = self.envelope.begin(record, headers, rejected) if self.envelope is not None else None
+        headers, scope = host.request_headers(record, self.envelope)
         content_type = headers["content-type"]
         if self.cloudevents:
             event, left_out = bulk.cloud_event(
@@ -201,17 +194,16 @@ class BulkDelivery:
                 record_headers=record.headers,
                 content_type=None if content_type == DEFAULT_CONTENT_TYPE else content_type,
             )
-            rejected.extend([cloudevents.REJECTED] * left_out)
+            if left_out:
+                self.metrics.bad_input.labels(topic, f"header_{cloudevents.REJECTED}").inc(left_out)
+                log.warning(
+                    "record %s[%d]@%d: %d CloudEvents attribute(s) left out (not UTF-8)",
+                    topic, record.partition, record.offset, left_out,
+                )
             content_type = bulk.CLOUDEVENT_CONTENT_TYPE
             event_json = bulk.event_json(event)
         else:
             event_json = bulk.raw_event_json(value)
-        for name in rejected:
-            self.metrics.bad_input.labels(topic, f"header_{name}").inc()
-            log.warning(
-                "record %s[%d]@%d: header %r not forwarded (not a safe HTTP field value)",
-                topic, record.partition, record.offset, name,
-            )
         entry_id = bulk.entry_id(record.offset)
         return _Entry(record, entry_id, bulk.entry_json(entry_id, event_json, content_type, headers), scope)
 
@@ -223,7 +215,7 @@ class BulkDelivery:
                 await host.finish_undelivered(state, record, "value_too_large", 0, None)
                 host.record_done(state, record.offset)
             else:
-                entries.append(self._entry(record))
+                entries.append(self._entry(host, record))
         if not entries:
             return True
         await host.acquire_slot(len(entries))

@@ -55,7 +55,7 @@ def build(
     policy = RetryPolicy(max_attempts=5, initial=0.001, maximum=0.002)
     bulk = BulkDelivery(
         max_records=max_records, max_wait=max_wait, upstream=app, health=health, policy=policy, metrics=metrics,
-        forwarded_headers=frozenset(), max_record_bytes=max_record_bytes,
+        max_record_bytes=max_record_bytes,
     )
     dispatcher = Dispatcher(
         upstream=app, health=health, listener=pauser, policy=policy, dead_letters=None, metrics=metrics,
