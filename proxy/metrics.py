@@ -188,6 +188,22 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.bulk_requests = Counter(
+            PREFIX + "bulk_requests",
+            "Bulk POSTs to the app (--bulk-max-records), by outcome (ok, partial, malformed_answer, "
+            "http_<status>, timeout, ...).",
+            ["topic", "outcome"],
+            registry=r,
+        )
+        self.bulk_entries = Counter(
+            PREFIX + "bulk_entries", "Entries sent in bulk POSTs, resent ones included.", ["topic"], registry=r
+        )
+        self.bulk_unknown_entries = Counter(
+            PREFIX + "bulk_unknown_entries",
+            "Entry ids in the app's bulk answers that were not in the bulk (ignored).",
+            ["topic"],
+            registry=r,
+        )
         self.commits = Counter(PREFIX + "commits", "Offset commits, by result.", ["result"], registry=r)
         self.route_tenants = Gauge(PREFIX + "route_tenants", "Tenants with a live route in the table.", registry=r)
         self.route_table_version = Gauge(PREFIX + "route_table_version", "Route table version.", registry=r)
