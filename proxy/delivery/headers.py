@@ -136,9 +136,11 @@ def _copyable(name: str) -> str | None:
     return lowered
 
 
-# Forwarded baggage by (record baggage-string, tenant key): records of one tenant carry the same
-# bytes, so a header is read once. Bounded: started over when full.
-_BAGGAGE: dict[tuple[bytes, str], Forwarded] = {}
+# Forwarded baggage by record baggage-string, with the tenant key it was made for: records of one
+# tenant carry the same bytes, so a header is read once; keyed by the bytes alone (their hash is
+# kept by the object), not a (bytes, key) tuple hashed anew per record. Bounded: started over
+# when full.
+_BAGGAGE: dict[bytes, tuple[str, Forwarded]] = {}
 _BAGGAGE_MAX = 1024
 
 
@@ -157,12 +159,27 @@ def _content_type(value: bytes) -> str | None:
 
 def forwarded_baggage(raw: bytes, tenant_key: str) -> Forwarded:
     """:func:`proxy.routing.baggage.for_delivery`, cached."""
-    entry = _BAGGAGE.get((raw, tenant_key))
-    if entry is None:
-        if len(_BAGGAGE) >= _BAGGAGE_MAX:
-            _BAGGAGE.clear()
-        entry = _BAGGAGE[(bytes(raw), tenant_key)] = baggage.for_delivery(raw, tenant_key)
-    return entry
+    entry = _BAGGAGE.get(raw)
+    if entry is not None and entry[0] == tenant_key:
+        return entry[1]
+    if len(_BAGGAGE) >= _BAGGAGE_MAX:
+        _BAGGAGE.clear()
+    sent = baggage.for_delivery(raw, tenant_key)
+    _BAGGAGE[bytes(raw)] = (tenant_key, sent)
+    return sent
+
+
+# Per (topic, partition): the headers every delivery of it starts with (content-type's default,
+# kafka-topic, kafka-partition), copied per record rather than built. Bounded as _COPYABLE is.
+_BASES: dict[tuple[str, int], dict[str, str]] = {}
+
+
+def _base(topic: str, partition: int) -> dict[str, str]:
+    base = {"content-type": DEFAULT_CONTENT_TYPE, "kafka-topic": topic, "kafka-partition": str(partition)}
+    if len(_BASES) >= _COPYABLE_MAX:
+        _BASES.clear()
+    _BASES[(topic, partition)] = base
+    return base
 
 
 def build_headers(
@@ -181,31 +198,38 @@ def build_headers(
     that were on the allowlist but not copied as they were because their value was not safe
     (for ``baggage``: had invalid members or was over the W3C limits). When the baggage was
     re-serialized, why is appended to ``notes``."""
-    headers = {
-        "content-type": DEFAULT_CONTENT_TYPE,
-        "kafka-topic": topic,
-        "kafka-partition": str(partition),
-        "kafka-offset": str(offset),
-        "kafka-timestamp": str(timestamp),
-    }
+    # Per record: written out, since it runs for every delivery (and every bulk entry).
+    base = _BASES.get((topic, partition))
+    headers = (base if base is not None else _base(topic, partition)).copy()
+    headers["kafka-offset"] = str(offset)
+    headers["kafka-timestamp"] = str(timestamp)
     if key is not None:
-        headers["kafka-key"] = encode_key(key)
+        # encode_key, without the call for the usual key, which is its own encoding
+        headers["kafka-key"] = key.decode("ascii") if _UNRESERVED.fullmatch(key) is not None else quote(key, safe="")
     rejected: list[str] = []
-    seen: set[str] = set()
-    baggage_values: list[bytes] = []
+    baggage_raw: bytes | None = None
+    baggage_more: list[bytes] | None = None
+    content_type_seen = False
     copyable = _COPYABLE
     for name, value in record_headers:
         lowered = copyable.get(name, _UNKNOWN)
         if lowered == _UNKNOWN:
             lowered = _copyable(name)
+        if lowered is None:
+            continue
         if lowered == "baggage" and lowered in forwarded:
             if value:
-                baggage_values.append(value)
+                if baggage_raw is None:
+                    baggage_raw = value
+                elif baggage_more is None:
+                    baggage_more = [baggage_raw, value]
+                else:
+                    baggage_more.append(value)
             continue
-        if lowered is None or lowered in seen:
-            continue  # first occurrence wins, as for the propagators
         if lowered == "content-type":
-            seen.add(lowered)
+            if content_type_seen:
+                continue  # first occurrence wins, as for the propagators
+            content_type_seen = True
             media_type = None if value is None else _CONTENT_TYPES.get(value, _UNKNOWN)
             if media_type == _UNKNOWN:
                 media_type = _content_type(value)
@@ -214,14 +238,18 @@ def build_headers(
             else:
                 rejected.append(lowered)
         elif lowered in forwarded:
-            seen.add(lowered)
+            # Seen before when copied (our own names are never forwarded, so only a record's
+            # header can be there) or refused: first occurrence wins, as for the propagators.
+            if lowered in headers or (rejected and lowered in rejected):
+                continue
             if value is not None and len(value) <= MAX_HEADER_VALUE and _FIELD_VALUE.fullmatch(value) is not None:
                 headers[lowered] = value.decode("ascii")
             else:
                 rejected.append(lowered)
-    if baggage_values:
-        raw = baggage_values[0] if len(baggage_values) == 1 else b",".join(baggage_values)
-        sent = forwarded_baggage(raw, tenant_key)
+    if baggage_raw is not None:
+        raw = baggage_raw if baggage_more is None else b",".join(baggage_more)
+        entry = _BAGGAGE.get(raw)
+        sent = entry[1] if entry is not None and entry[0] == tenant_key else forwarded_baggage(raw, tenant_key)
         if sent.header is not None:
             headers["baggage"] = sent.header
         if sent.invalid:
