@@ -32,16 +32,17 @@ Context = tuple[tuple[str, str], ...]
 class DeliveryContexts:
     """Bounded map of delivery id → context headers, for deliveries in flight and recently done.
 
-    Kept compact, since a busy sidecar holds ``max_finished`` of them: entries are keyed by the
-    id's counter, a context is stored as one flat tuple of names and values, a ``baggage`` value
-    (the same for every record of a tenant) is shared between entries, and finished entries
-    expire in the order they finished (the grace is the same for all), tracked by two deques
-    rather than a timestamp tuple per entry.
+    Kept compact and cheap, since every delivery opens and closes one and a busy sidecar holds
+    ``max_finished`` of them: entries are keyed by the id's counter in one dict for in-flight and
+    finished ones alike (a close is one look-up, not a pop and an insert), a context is stored as one flat tuple of
+    names and values, a ``baggage`` value (the same for every record of a tenant) is shared
+    between entries, and finished entries expire in the order they finished (the grace is the
+    same for all), tracked by two deques rather than a timestamp tuple per entry. Only finished
+    counters are in those deques, so an entry in flight never expires.
     """
 
     __slots__ = (
-        "_baggage", "_clock", "_closed_at", "_counter", "_finished", "_open", "_order", "_prefix", "grace",
-        "max_finished",
+        "_baggage", "_clock", "_closed_at", "_entries", "_order", "_prefix", "counter", "grace", "max_finished",
     )
 
     def __init__(
@@ -55,10 +56,10 @@ class DeliveryContexts:
         self.max_finished = max_finished
         self._clock = clock
         self._prefix = secrets.token_hex(4) + "-"
-        self._counter = 0
-        # id -> (counter, (name, value, name, value, ...)) in flight; counter -> context after.
-        self._open: dict[str, tuple[int, tuple[str, ...]]] = {}
-        self._finished: dict[int, tuple[str, ...]] = {}
+        #: The counter of the last id handed out (what :meth:`close_number` takes).
+        self.counter = 0
+        # counter -> (name, value, name, value, ...), in flight and finished.
+        self._entries: dict[int, tuple[str, ...]] = {}
         # Finished counters in the order they finished, and when each did.
         self._order: deque[int] = deque()
         self._closed_at: deque[float] = deque()
@@ -66,24 +67,27 @@ class DeliveryContexts:
         self._baggage: dict[str, str] = {}
 
     def __repr__(self) -> str:
+        finished = len(self._order)
         return (
-            f"DeliveryContexts(grace={self.grace}, in_flight={len(self._open)}, "
-            f"finished={len(self._finished)})"
+            f"DeliveryContexts(grace={self.grace}, in_flight={len(self._entries) - finished}, "
+            f"finished={finished})"
         )
 
     def __len__(self) -> int:
-        return len(self._open) + len(self._finished)
+        return len(self._entries)
 
     def open(self, context: Context) -> str:
         """Register a delivery about to be sent; returns its id."""
         flat: list[str] = []
         for name, value in context:
             flat += (name, self._shared(value) if name == SHARED_FIELD else value)
-        return self._store(tuple(flat))
+        self.counter = counter = self.counter + 1
+        self._entries[counter] = tuple(flat)
+        return f"{self._prefix}{counter}"
 
     def open_headers(self, headers: Mapping[str, str], names: Iterable[str]) -> str:
         """Register a delivery whose context is the ``names`` that ``headers`` has."""
-        # Called for every delivery: _shared and _store are written out here.
+        # Called for every delivery: _shared is written out here.
         flat: list[str] = []
         shared = self._baggage
         for name in names:
@@ -92,10 +96,9 @@ class DeliveryContexts:
                 if name == SHARED_FIELD:
                     value = shared.get(value) or self._shared(value)
                 flat += (name, value)
-        self._counter = counter = self._counter + 1
-        delivery_id = f"{self._prefix}{counter}"
-        self._open[delivery_id] = (counter, tuple(flat))
-        return delivery_id
+        self.counter = counter = self.counter + 1
+        self._entries[counter] = tuple(flat)
+        return f"{self._prefix}{counter}"
 
     def _shared(self, value: str) -> str:
         shared = self._baggage.get(value)
@@ -105,45 +108,39 @@ class DeliveryContexts:
             shared = self._baggage[value] = value
         return shared
 
-    def _store(self, flat: tuple[str, ...]) -> str:
-        self._counter += 1
-        delivery_id = f"{self._prefix}{self._counter}"
-        self._open[delivery_id] = (self._counter, flat)
-        return delivery_id
-
     def close(self, delivery_id: str) -> None:
         """The delivery is done (or abandoned): its context stays usable for ``grace`` seconds."""
-        entry = self._open.pop(delivery_id, None)
-        if entry is None:
+        number = self._number(delivery_id)
+        if number is not None:
+            self.close_number(number)
+
+    def close_number(self, number: int) -> None:
+        """:meth:`close` by the id's counter (:attr:`counter` right after the open). Once per id."""
+        if number not in self._entries:
             return
-        number, flat = entry
         if self.grace <= 0 or self.max_finished <= 0:
+            del self._entries[number]
             return
         now = self._clock()
         closed_at = self._closed_at
         if closed_at and closed_at[0] < now - self.grace:
             self._prune(now)
-        self._finished[number] = flat
-        self._order.append(number)
-        self._closed_at.append(now)
-        if len(self._order) > self.max_finished:
-            self._closed_at.popleft()
-            del self._finished[self._order.popleft()]
+        order = self._order
+        order.append(number)
+        closed_at.append(now)
+        if len(order) > self.max_finished:
+            closed_at.popleft()
+            self._entries.pop(order.popleft(), None)
 
     def get(self, delivery_id: str) -> Context | None:
         """The context of a delivery in flight or within its grace; None if unknown or expired."""
-        entry = self._open.get(delivery_id)
-        if entry is not None:
-            flat = entry[1]
-        else:
-            number = self._number(delivery_id)
-            if number is None:
-                return None
-            self._prune(self._clock())
-            found = self._finished.get(number)
-            if found is None:
-                return None
-            flat = found
+        number = self._number(delivery_id)
+        if number is None:
+            return None
+        self._prune(self._clock())
+        flat = self._entries.get(number)
+        if flat is None:
+            return None
         return tuple(zip(flat[::2], flat[1::2]))
 
     def _number(self, delivery_id: str) -> int | None:
@@ -155,8 +152,8 @@ class DeliveryContexts:
 
     def _prune(self, now: float) -> None:
         """Drop finished entries whose grace is over."""
-        closed_at, order, finished = self._closed_at, self._order, self._finished
+        closed_at, order, entries = self._closed_at, self._order, self._entries
         deadline = now - self.grace
         while closed_at and closed_at[0] < deadline:
             closed_at.popleft()
-            del finished[order.popleft()]
+            entries.pop(order.popleft(), None)

@@ -33,16 +33,21 @@ DELIVERY_HEADER = "ktp-delivery"
 class DeliveryScope:
     """One delivery between :meth:`DeliveryEnvelope.begin` and :meth:`end`."""
 
-    __slots__ = ("_contexts", "delivery_id", "span")
+    __slots__ = ("_contexts", "_number", "delivery_id", "span")
 
-    def __init__(self, contexts: DeliveryContexts, delivery_id: str, span: Span | None) -> None:
+    def __init__(self, contexts: DeliveryContexts, delivery_id: str, span: Span | None, number: int = 0) -> None:
         self._contexts = contexts
         self.delivery_id = delivery_id
         self.span = span
+        # The id's counter (DeliveryContexts.counter after the open): closed without parsing the id.
+        self._number = number
 
     def end(self, attempts: int, status: int | None) -> None:
         """The delivery is done, dead-lettered or abandoned (``status``: the app's last answer)."""
-        self._contexts.close(self.delivery_id)
+        if self._number:
+            self._contexts.close_number(self._number)
+        else:
+            self._contexts.close(self.delivery_id)
         if self.span is not None:
             SidecarTracing.end_process(self.span, attempts, status)
 
@@ -101,8 +106,9 @@ class DeliveryEnvelope:
                 for name in propagation.written_fields:
                     if name in carrier:
                         headers[name] = carrier[name]
-        delivery_id = self.contexts.open_headers(headers, self._fields)
+        contexts = self.contexts
+        delivery_id = contexts.open_headers(headers, self._fields)
         headers[DELIVERY_HEADER] = delivery_id
         if span is not None:
             span.set_attribute(DELIVERY_ID, delivery_id)
-        return DeliveryScope(self.contexts, delivery_id, span)
+        return DeliveryScope(contexts, delivery_id, span, contexts.counter)
