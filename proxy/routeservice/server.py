@@ -32,7 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.config import Option, parse_bool, parse_host_port, parse_positive_float, parse_positive_int
-from proxy.errors import BrokerError, ConfigError, RouteSourceError
+from proxy.errors import BrokerError, ConfigError, ListenError, RouteSourceError
 from proxy.kafka import KAFKA_OPTIONS, KafkaConnection, server_ssl_context
 from proxy.routeservice.api import (
     DEFAULT_MAX_BODY_BYTES,
@@ -293,7 +293,12 @@ class RouteService:
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, ssl_context=self._tls)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise ListenError("route service", "--listen", self.host, self.port, exc) from exc
         if self.port == 0:
             # Bound to an ephemeral port (tests): report the real one.
             self.port = int(self._runner.addresses[0][1])
