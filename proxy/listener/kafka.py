@@ -112,6 +112,11 @@ class KafkaListener:
         assert self._consumer is not None, "KafkaListener.start() was not called"
         return self._consumer
 
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` has connected (the group may not be joined yet)."""
+        return self._consumer is not None and self._watch_task is not None
+
     async def start(self) -> None:
         """Connect and join the group. A failed start leaves nothing open, so it can be retried."""
         consumer = AIOKafkaConsumer(**self.connection.client_kwargs(), **self._consumer_kwargs)
@@ -201,6 +206,28 @@ class KafkaListener:
         if self._consumer is None:
             return frozenset()
         return frozenset(self._consumer.assignment())
+
+    def unpositioned(self) -> frozenset[TopicPartition]:
+        """Assigned partitions whose fetch position is not known yet.
+
+        The assignment callback runs before the Kafka client looks up where a partition starts
+        (its committed offset, or ``auto_offset_reset``'s end of the log); a record produced
+        before that look-up returns is never fetched under ``latest``. So readiness waits for
+        this to be empty. aiokafka keeps the positions in its private subscription state; if that
+        changes shape, every assigned partition counts as unpositioned (never ready: a test
+        catches it), rather than readiness silently meaning less."""
+        if self._consumer is None:
+            return frozenset()
+        subscription = getattr(getattr(self._consumer, "_subscription", None), "subscription", None)
+        assignment = getattr(subscription, "assignment", None)
+        if assignment is None:
+            return frozenset()  # nothing assigned yet
+        missing = []
+        for tp in assignment.tps:
+            state = assignment.state_value(tp)
+            if state is None or not getattr(state, "has_valid_position", False):
+                missing.append(tp)
+        return frozenset(missing)
 
     def highwater(self, tp: TopicPartition) -> int | None:
         if self._consumer is None:

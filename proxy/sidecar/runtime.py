@@ -59,6 +59,19 @@ KAFKA_RETRY_INITIAL = 0.5
 KAFKA_RETRY_MAX = 10.0
 
 
+def _fmt_tp(tp: TopicPartition) -> str:
+    return f"{tp.topic}[{tp.partition}]"
+
+
+def _fmt_offsets(offsets: dict[TopicPartition, int | None]) -> str:
+    """``orders[0]@12, orders[1]@none`` rather than aiokafka's TopicPartition reprs."""
+    return ", ".join(f"{_fmt_tp(tp)}@{offset}" for tp, offset in sorted(offsets.items())) or "none"
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%SZ", time.gmtime(at))
+
+
 def freeze_startup_objects() -> None:
     """Move everything start-up made (modules, config, clients, tables) out of the garbage
     collector's sight. A process runs for days on these objects, and every full collection
@@ -96,7 +109,7 @@ class Sidecar:
         self.metrics = metrics or Metrics()
         self.route_source = route_source or create_route_source(
             config.routes,
-            on_error=lambda _: self.metrics.route_source_errors.inc(),
+            on_error=self._route_source_failed,
             connection=config.kafka,
             token_file=config.routes_token_file,
             cafile=config.routes_cafile,
@@ -118,7 +131,7 @@ class Sidecar:
         self.upstream = HttpUpstream(
             config.app_url,
             timeout=config.app_timeout,
-            max_connections=config.max_in_flight,
+            max_connections=config.app_concurrency,
             token=config.app_token(),
             ssl_context=app_tls,
         )
@@ -163,7 +176,7 @@ class Sidecar:
             metrics=self.metrics,
             forwarded_headers=forwarded_header_names(extra=config.forward_headers),
             ordering=config.ordering,
-            max_in_flight=config.max_in_flight,
+            max_in_flight=config.app_concurrency,
             max_record_bytes=config.max_record_bytes,
             interop=self.interop.delivery,
         )
@@ -174,6 +187,7 @@ class Sidecar:
                 routes=self._routes_view,
                 decisions=self.decisions,
                 detail=self.readiness_detail,
+                reasons=self.readiness_reasons,
                 config=self.config.redacted,
             ),
             name="admin",
@@ -190,6 +204,10 @@ class Sidecar:
         self._commit_lock = asyncio.Lock()
         self._commit_task: asyncio.Task[None] | None = None
         self._started: list[Any] = []
+        # Why the sidecar is not ready, in words (/readyz): the last Kafka connect failure and
+        # the last route source failure, each with its wall-clock time.
+        self._kafka_problem: str | None = None
+        self._routes_problem: tuple[str, float] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -226,6 +244,7 @@ class Sidecar:
                     await self.dead_letters.start()
                     self._started.append(self.dead_letters)
                 await self.listener.start()
+                self._kafka_problem = None
                 return
             except ConfigError:
                 raise  # a wrong setting (e.g. the routes topic's partitions) does not heal by retrying
@@ -239,6 +258,10 @@ class Sidecar:
                     self._started.remove(self.dead_letters)
                     await self.dead_letters.stop()
                 expected = isinstance(exc, (KafkaError, BrokerError, OSError))
+                self._kafka_problem = (
+                    f"Kafka at {self.config.kafka.bootstrap_servers} not reachable at "
+                    f"{_clock(time.time())}: {exc!r}; retrying every {delay:.1f}s or less"
+                )
                 log.warning(
                     "Kafka at %s not reachable (%r); retrying in %.1fs",
                     self.config.kafka.bootstrap_servers, exc, delay, exc_info=not expected,
@@ -375,7 +398,7 @@ class Sidecar:
                 await source.catch_up(newest)
                 return True
             except RouteSourceError as exc:
-                self.metrics.route_source_errors.inc()
+                self._route_source_failed(f"catching up failed: {exc}")
                 log.warning("routes could not catch up (%s); pausing consumption until they can", exc)
                 self._routes_behind_since = time.monotonic()
                 self._next_routes_try = self._routes_behind_since + KAFKA_RETRY_INITIAL
@@ -410,7 +433,7 @@ class Sidecar:
         try:
             await source.catch_up()
         except RouteSourceError as exc:
-            self.metrics.route_source_errors.inc()
+            self._route_source_failed(f"catching up failed: {exc}")
             waited = now - self._routes_behind_since
             self._next_routes_try = now + min(KAFKA_RETRY_MAX, max(KAFKA_RETRY_INITIAL, waited))
             log.warning("routes still cannot be read after %.0fs: %s", waited, exc)
@@ -511,13 +534,13 @@ class Sidecar:
                 hit = found.get(tp)
                 positions[tp] = hit.offset if hit is not None else ends[tp]
                 consumer.seek(tp, positions[tp])
-            log.info("new sandbox group starts at routes' effective_from %d: %s", since, positions)
+            log.info("new sandbox group starts at routes' effective_from %d: %s", since, _fmt_offsets(positions))
             return
         baseline = await committed_offsets(self.config.kafka, self.config.group, fresh)
         for tp, offset in baseline.items():
             if offset is not None:
                 consumer.seek(tp, offset)
-        log.info("new sandbox group starts at the baseline group's offsets: %s", baseline)
+        log.info("new sandbox group starts at the baseline group's offsets: %s", _fmt_offsets(baseline))
 
     async def _revoked(self, revoked: frozenset[TopicPartition]) -> None:
         states = [self._partitions[tp] for tp in revoked if tp in self._partitions]
@@ -595,14 +618,64 @@ class Sidecar:
     # -- admin views -------------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready once the group is joined and every assigned partition has a start position
+        (before that, a record produced under ``--auto-offset-reset latest`` may be missed),
+        the routes are synced and the app answers."""
         checks = {
             "group_joined": self.listener.joined,
+            "partitions_positioned": self.listener.joined and not self.listener.unpositioned(),
             "routes_synced": self.table.synced and self._routes_behind_since is None,
             "app_healthy": self.health.healthy,
             "stopping": self._stopping.is_set(),
         }
-        ready = checks["group_joined"] and checks["routes_synced"] and checks["app_healthy"] and not checks["stopping"]
-        return bool(ready), checks
+        ready = all(checks[name] for name in ("group_joined", "partitions_positioned", "routes_synced", "app_healthy"))
+        return ready and not checks["stopping"], checks
+
+    def readiness_reasons(self) -> dict[str, str]:
+        """Why each failing readiness check fails, in words, for ``/readyz``."""
+        _, checks = self.readiness()
+        reasons: dict[str, str] = {}
+        if not checks["group_joined"]:
+            group = self.config.consumer_group
+            servers = self.config.kafka.bootstrap_servers
+            if self._kafka_problem is not None:
+                reasons["group_joined"] = self._kafka_problem
+            elif not self.listener.started:
+                # start() brings the servers, publish endpoint, routes and app probe up first.
+                reasons["group_joined"] = f"not connected to Kafka at {servers} yet: the other parts start first"
+            else:
+                reasons["group_joined"] = (
+                    f"connected to Kafka at {servers}; waiting for group {group!r} to assign "
+                    f"partitions of {', '.join(self.config.topics)}"
+                )
+        elif not checks["partitions_positioned"]:
+            waiting = ", ".join(sorted(_fmt_tp(tp) for tp in self.listener.unpositioned()))
+            reasons["partitions_positioned"] = f"looking up where to start consuming {waiting}"
+        if self.listener.fenced:
+            reasons["group_joined"] = (
+                "the group coordinator is unreachable: fetching is paused until a heartbeat "
+                "confirms the membership"
+            )
+        if not checks["routes_synced"]:
+            source = self.route_source.describe()
+            problem = self._routes_problem
+            last = f"; last error at {_clock(problem[1])}: {problem[0]}" if problem else ""
+            if self._routes_behind_since is not None:
+                behind = time.monotonic() - self._routes_behind_since
+                reasons["routes_synced"] = f"routes from {source} could not catch up for {behind:.0f}s; consumption paused{last}"
+            else:
+                reasons["routes_synced"] = f"routes from {source} not read completely yet{last}"
+        if not checks["app_healthy"]:
+            health = self.health
+            when = f" at {_clock(health.last_probe_at)}" if health.last_probe_at is not None else ""
+            reasons["app_healthy"] = f"the app does not answer {health.target}; last probe{when}: {health.last_probe}"
+        if checks["stopping"]:
+            reasons["stopping"] = "the sidecar is shutting down"
+        return reasons
+
+    def _route_source_failed(self, message: str) -> None:
+        self.metrics.route_source_errors.inc()
+        self._routes_problem = (message, time.time())
 
     def readiness_detail(self) -> dict[str, Any]:
         """Stalled partitions, for ``/readyz``. They do not fail readiness: Kafka does not route by

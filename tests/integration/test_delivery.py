@@ -150,6 +150,9 @@ async def test_readyz_is_503_until_the_app_answers(bootstrap_servers: str, topic
         await asyncio.sleep(2.0)  # long enough to join the group and fetch, were it not gated
         status, body = await get_json(url)
         assert status == 503 and body["checks"]["app_healthy"] is False
+        # Says why in words, with the address probed and the last probe's result.
+        why = body["reasons"]["app_healthy"]
+        assert f"tcp://127.0.0.1:{app.port}" in why and "connection refused" in why, why
         async with app:
             for _ in range(100):
                 status, body = await get_json(url)
@@ -157,7 +160,11 @@ async def test_readyz_is_503_until_the_app_answers(bootstrap_servers: str, topic
                     break
                 await asyncio.sleep(0.1)
             assert status == 200, body
-            assert body["checks"] == {"group_joined": True, "routes_synced": True, "app_healthy": True, "stopping": False}
+            assert body["checks"] == {
+                "group_joined": True, "partitions_positioned": True, "routes_synced": True, "app_healthy": True,
+                "stopping": False,
+            }
+            assert body["reasons"] == {}
             await app.wait_for(1)
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{sidecar.admin.port}/healthz") as response:
