@@ -27,6 +27,7 @@ from aiokafka.structs import ConsumerRecord
 
 from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.headers import build_headers
+from proxy.logthrottle import LogThrottle, held_back
 from proxy.delivery.interop import DeliveryInterop
 from proxy.delivery.policy import Outcome, RetryPolicy, Verdict, classify, parse_retry_after
 from proxy.errors import AppUnavailable
@@ -50,6 +51,8 @@ Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 # tests/integration/test_backpressure.py with 4 partitions).
 MAX_PENDING_RECORDS = 1024
 MIN_PARTITION_SHARE = 32
+# A delivery timeout is logged at most this often per partition (the records behind it time out too).
+TIMEOUT_LOG_INTERVAL = 10.0
 
 
 @dataclass(eq=False, slots=True)
@@ -138,6 +141,7 @@ class Dispatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_flight = 0
+        self._timeouts = LogThrottle(TIMEOUT_LOG_INTERVAL)
         metrics.track_in_flight(lambda: self._in_flight)
         # Backpressure: partitions not to fetch, each partition's share of MAX_PENDING_RECORDS,
         # and an event set when a partition leaves ``blocked`` (the fetch loop waits on it).
@@ -321,8 +325,9 @@ class Dispatcher:
                     counters.attempts("connection_refused").inc()
                     self.health.mark_unhealthy(str(exc))
                     continue
-                except AppTimeout:
+                except AppTimeout as exc:
                     verdict, retry_after = Verdict(Outcome.RETRY, "timeout"), None
+                    self._log_timeout(record, attempts + 1, exc)
                 except AppUnavailable:
                     verdict, retry_after = Verdict(Outcome.RETRY, "connection_error"), None
                 else:
@@ -358,6 +363,19 @@ class Dispatcher:
                 state.retrying -= 1
                 if state.retrying == 0:
                     self.listener.resume((state.tp,), "retrying")
+
+    def _log_timeout(self, record: Record, attempt: int, exc: AppTimeout) -> None:
+        """A timeout is the app's trouble an operator must see (a stalled partition's usual
+        cause: an app that takes one connection at a time), so it is a WARNING; throttled per
+        partition, since every record behind it may time out too."""
+        held = self._timeouts.allow((record.topic, record.partition))
+        if held is not None:
+            log.warning(
+                "delivery of record %s[%d]@%d to %s timed out (attempt %d: %s); the connection was "
+                "closed. If the app serves one connection at a time, set --app-max-concurrency%s",
+                record.topic, record.partition, record.offset, self.upstream.url, attempt, exc,
+                held_back(held),
+            )
 
     async def _finish_undelivered(
         self, state: PartitionState, record: Record, reason: str, attempts: int, status: int | None
