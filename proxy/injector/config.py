@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from proxy.config import Option, parse_bool, parse_host_port, parse_positive_float
+from proxy.config import Option, parse_bool, parse_host_port, parse_positive_float, parse_positive_int
 from proxy.errors import ConfigError
 from proxy.injector.patch import (
     PROBE_MODES,
@@ -87,6 +87,13 @@ INJECTOR_OPTIONS = (
         "routes",
         "route source given to every sidecar (a pod's annotation may override it)",
         "kafka:",
+    ),
+    Option(
+        "app-max-concurrency",
+        "most requests and connections every sidecar sends its app at once (default: the "
+        "sidecar's --max-in-flight); a pod's kafka-tenant-proxy.io/app-max-concurrency "
+        "annotation may override it",
+        parse=parse_positive_int,
     ),
     Option(
         "native-sidecar",
@@ -165,6 +172,7 @@ class InjectorConfig:
             kafka_ca_secret=refs[1],
             kafka_client_cert_secret=values["kafka_client_cert_secret"],
             routes=values["routes"],
+            app_max_concurrency=values["app_max_concurrency"],
             native_sidecar=values["native_sidecar"],
             probes=values["probes"],
             resources=Resources(

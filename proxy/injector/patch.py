@@ -226,6 +226,8 @@ class SidecarTemplate:
     kafka_ca_secret: SecretKeyRef | None = None
     kafka_client_cert_secret: str | None = None
     routes: str = "kafka:"
+    # --app-max-concurrency of every sidecar (None: the sidecar's default); a pod's annotation wins.
+    app_max_concurrency: int | None = None
     native_sidecar: bool = True
     probes: str = "http"
     resources: Resources = field(default_factory=Resources)
@@ -261,6 +263,8 @@ class SidecarTemplate:
             "security-protocol": self.security_protocol,
             "routes": self.routes,
         }
+        if self.app_max_concurrency is not None:
+            env["app-max-concurrency"] = str(self.app_max_concurrency)
         if self.security_protocol.startswith("SASL"):
             env["sasl-mechanism"] = self.sasl_mechanism
         if self.sasl_username is not None:

@@ -88,6 +88,10 @@ container first under containers instead of initContainers. Inside this chart, p
     - name: KTP_ROUTES
       value: {{ include "kafka-tenant-proxy.sidecarRoutes" $ctx | quote }}
     {{- end }}
+    {{- if and $v.sidecar.appMaxConcurrency (not (hasKey $opts "app-max-concurrency")) }}
+    - name: KTP_APP_MAX_CONCURRENCY
+      value: {{ $v.sidecar.appMaxConcurrency | toString | quote }}
+    {{- end }}
     {{- if $http }}
     - name: KTP_ADMIN_ADDR
       value: "0.0.0.0:15000"
