@@ -43,6 +43,7 @@ PartitionsCallback = Callable[[frozenset[TopicPartition]], Awaitable[None]]
 DEFAULT_COMMIT_TIMEOUT = 10.0
 DEFAULT_SESSION_TIMEOUT_MS = 10000  # aiokafka's
 WATCH_INTERVAL = 0.1
+LEAVE_TIMEOUT = 5.0
 UNCONFIRMED = "membership_unconfirmed"
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
@@ -140,8 +141,40 @@ class KafkaListener:
                 await self._watch_task
             self._watch_task = None
         if self._consumer is not None:
+            member = self._first_generation_member()
             await self._consumer.stop()
             self._consumer = None
+            if member is not None:
+                await self._leave_group(member)
+
+    def _first_generation_member(self) -> str | None:
+        """This member's id when aiokafka will not send LeaveGroup for it on stop.
+
+        aiokafka leaves only from a generation above 0 (Kafka numbers the first one 1), but the
+        protocol lets a broker start at 0 (the embedded test broker does). A member that does not
+        leave stays in the group until the broker expires it, and a sandbox group with a member
+        is never deleted (the route service deletes groups only when seen empty)."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if self.group_instance_id is not None or coordinator is None:
+            return None  # static members keep their place on purpose (KIP-345)
+        member: str = coordinator.member_id or ""
+        return member if coordinator.generation == 0 and member else None
+
+    async def _leave_group(self, member: str) -> None:
+        """Send LeaveGroup for ``member`` (best effort, like aiokafka's own)."""
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.protocol.group import LeaveGroupRequest
+
+        admin = AIOKafkaAdminClient(**self.connection.client_kwargs(), client_id="ktp-leave-group")
+        try:
+            async with asyncio.timeout(LEAVE_TIMEOUT):
+                await admin.start()
+                node = await admin.find_coordinator(self.group)
+                await admin._send_request(LeaveGroupRequest(self.group, member), node)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("leaving group %s failed (the broker expires the member): %r", self.group, exc)
+        finally:
+            await admin.close()
 
     async def fetch(self, timeout_ms: int, max_records: int, partitions: Iterable[TopicPartition] = ()) -> Batch:
         """Records of ``partitions`` (all assigned ones when empty). Partitions left out keep

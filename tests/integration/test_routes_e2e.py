@@ -176,6 +176,32 @@ async def test_deleting_a_tenant_returns_it_to_baseline_and_removes_the_sandbox_
     assert any(v is not None for v in (await committed(bootstrap_servers, f"g-{topic}", topic)).values())
 
 
+async def test_a_sandbox_group_with_members_is_not_deleted_until_its_pods_stop(
+    bootstrap_servers: str, topic: str, tmp_path: Path
+) -> None:
+    """The tenant is deleted while its sandbox still runs: the group keeps its member and its
+    offsets (the embedded broker would accept DeleteGroups for it); once the sandbox stops, the
+    group is deleted."""
+    group = f"g-{topic}-pr-9"
+    async with route_service(bootstrap_servers, topic, tmp_path) as routes:
+        await routes.put("123", {SERVICE: "pr-9"})
+        async with RecordingApp("C''") as sandbox_app:
+            async with sidecar(bootstrap_servers, topic, sandbox_app, sandbox="pr-9") as sandboxed:
+                await eventually(lambda: _ready(sandboxed), what="sandbox ready")
+                await produce(bootstrap_servers, topic, [(None, f"routed/{n}".encode(), baggage("123")) for n in range(20)])
+                await sandbox_app.wait_for(20)
+                await eventually(lambda: _has_commits(bootstrap_servers, group, topic), what="sandbox commits")
+                member = sandboxed.listener.consumer._coordinator.member_id
+                await routes.delete("123")
+                await asyncio.sleep(3.0)  # six clean-up rounds
+                assert await _has_commits(bootstrap_servers, group, topic), "deleted while it had a member"
+                assert sandboxed.listener.consumer._coordinator.member_id == member
+                assert not sandboxed.listener.membership_lost
+            await eventually(
+                lambda: _no_commits(bootstrap_servers, group, topic), timeout=30, what="sandbox group deleted"
+            )
+
+
 async def _ready(*sidecars: Sidecar) -> bool:
     return all(s.readiness()[0] for s in sidecars)
 
