@@ -11,6 +11,7 @@ Errors::
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -189,7 +190,7 @@ class RouteServiceClient:
                 text = await response.text()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            reason = connect_error_reason(exc)
             raise RouteServiceError(f"cannot reach the route service at {self.server}: {reason}") from exc
         if status == 204:
             return None
@@ -204,6 +205,38 @@ class RouteServiceClient:
         message = body.get("error") if isinstance(body, dict) else None
         if not isinstance(message, str):
             message = text[:200] or f"HTTP {status}"
-        if status == 401:
-            message += " (pass the route service's token: --token-file, or --routes-token-file for a sidecar)"
+        if status in (401, 403):
+            message += f"; {auth_hint(write, given=bool(self._token))}"
         raise RouteServiceError(f"{self.server} answered {status}: {message}", status)
+
+
+def auth_hint(write: bool, *, given: bool) -> str:
+    """What to do about a 401/403 from the route service, in words a newcomer can act on."""
+    if write:
+        what = "the token given was refused" if given else "no token was given"
+        return (
+            f"{what}: writes need the route service's write token (its --token-file); pass a file "
+            "holding it with --token-file FILE (KTP_TOKEN_FILE)"
+        )
+    if given:
+        return (
+            "the token given was refused: reads take the route service's write or read token "
+            "(its --token-file or --read-token-file); check the file passed with --token-file "
+            "(--routes-token-file for a sidecar)"
+        )
+    return (
+        "reads need a token by default: pass --token-file FILE holding the route service's token "
+        "(--routes-token-file for a sidecar), or run the route service with --public-reads true"
+    )
+
+
+def connect_error_reason(exc: BaseException) -> str:
+    """Why a connection failed, without aiohttp's ``ssl:default`` noise on plain-HTTP URLs."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    os_error = getattr(exc, "os_error", None)
+    for error in (os_error, exc):
+        # asyncio's connect errors repeat the address in strerror; the errno's words suffice.
+        if isinstance(error, OSError) and error.errno:
+            return os.strerror(error.errno).lower()
+    return str(exc) or type(exc).__name__
