@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from benchmarks.workload import OTHER_SERVICE, SANDBOX, SERVICE, record_headers, tenant_name
 from proxy.routing.filter import RouteFilter
-from proxy.routing.table import Route, RouteTable
+from proxy.routes.table import Route, RouteTable
 from proxy.routing.tenant import TenantExtractor
 
 

@@ -37,7 +37,7 @@ from aiokafka.structs import ConsumerRecord
 
 from proxy import cli
 from proxy.listener.kafka import KafkaListener
-from proxy.routing.sources.kafka import RoutesTopicReader
+from proxy.routes.topic import RoutesTopicReader
 from proxy.sidecar.runtime import Sidecar
 
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]

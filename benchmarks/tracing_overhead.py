@@ -32,7 +32,7 @@ from proxy.delivery.dispatcher import PartitionState
 from proxy.delivery.headers import build_headers, forwarded_header_names
 from proxy.delivery.interop import DeliveryInterop
 from proxy.kafka import KafkaConnection
-from proxy.publish.contexts import DeliveryContexts
+from proxy.delivery.contexts import DeliveryContexts
 from proxy.sidecar.config import SidecarConfig
 from proxy.sidecar.runtime import Sidecar
 from proxy.telemetry.propagation import Propagation

@@ -16,9 +16,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from proxy.kafka import KafkaConnection
-from proxy.routing.records import encode_value
-from proxy.routing.sources.catchup import now_ms
-from proxy.routing.sources.kafka import ensure_routes_topic
+from proxy.routes.records import encode_value
+from proxy.routes.catchup import now_ms
+from proxy.routes.topic import ensure_routes_topic
 
 PARTITIONS = 4
 VALUE_BYTES = 200

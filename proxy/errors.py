@@ -98,3 +98,15 @@ class BrokerError(KtpError):
     """Kafka could not be reached or refused an operation."""
 
     retriable = True
+
+
+def connect_error_reason(exc: BaseException) -> str:
+    """Why a connection failed, without aiohttp's ``ssl:default`` noise on plain-HTTP URLs."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    os_error = getattr(exc, "os_error", None)
+    for error in (os_error, exc):
+        # asyncio's connect errors repeat the address in strerror; the errno's words suffice.
+        if isinstance(error, OSError) and error.errno:
+            return os.strerror(error.errno).lower()
+    return str(exc) or type(exc).__name__

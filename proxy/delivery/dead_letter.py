@@ -14,7 +14,6 @@ the origin headers still say where the full record is.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
@@ -22,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from aiokafka.structs import ConsumerRecord
 
+from proxy.backoff import Backoff
 from proxy.kafka import KafkaConnection
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class DeadLetterWriter:
         headers = dead_letter_headers(
             record, reason=reason, attempts=attempts, status=status, service=self.service, sandbox=self.sandbox
         )
-        delay = RETRY_DELAY
+        backoff = Backoff(RETRY_DELAY, RETRY_DELAY_MAX)
         value = record.value
         while True:
             try:
@@ -117,9 +117,8 @@ class DeadLetterWriter:
                 if value is None:
                     # Even without the value: nothing smaller to send. Retry (the partition shows
                     # as stalled) until the topic's limit is raised.
-                    log.warning("dead letter to %s failed, retrying in %.1fs: %r", topic, delay, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_DELAY_MAX)
+                    log.warning("dead letter to %s failed, retrying in %.1fs: %r", topic, backoff.delay, exc)
+                    await backoff.wait()
                     continue
                 log.error(
                     "dead letter of %s[%d]@%d (%d bytes) is too large for %s (%s); writing it "
@@ -128,6 +127,5 @@ class DeadLetterWriter:
                 headers = [*headers, ("ktp-dead-letter-value-dropped", str(len(value)).encode())]
                 value = None
             except KafkaError as exc:
-                log.warning("dead letter to %s failed, retrying in %.1fs: %r", topic, delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_DELAY_MAX)
+                log.warning("dead letter to %s failed, retrying in %.1fs: %r", topic, backoff.delay, exc)
+                await backoff.wait()

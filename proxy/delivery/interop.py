@@ -8,7 +8,7 @@ the headers are built, and :meth:`DeliveryScope.end` when the delivery is over. 
 - trace context in the formats of ``OTEL_PROPAGATORS``: translated from the record's when it
   came in another format, or, when tracing is on, the ``process`` span's own;
 - ``ktp-delivery: <id>``, and the delivery's context kept under that id
-  (:class:`proxy.publish.contexts.DeliveryContexts`) for the publish endpoint.
+  (:class:`proxy.delivery.contexts.DeliveryContexts`) for the publish endpoint.
 
 With the defaults (raw format, tracing off, ``tracecontext,baggage``) this is one id, one dict
 entry and a look at a handful of headers per delivery.
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from proxy.delivery import cloudevents
 from proxy.delivery.headers import forwarded_header_names
-from proxy.publish.contexts import DeliveryContexts
+from proxy.delivery.contexts import DeliveryContexts
 from proxy.telemetry.tracing import DELIVERY_ID, SidecarTracing, record_carrier
 
 if TYPE_CHECKING:

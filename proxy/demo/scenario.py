@@ -32,7 +32,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from proxy.kafka import KafkaConnection
-from proxy.routeservice.client import RouteServiceClient
+from proxy.routes.client import RouteServiceClient
 from proxy.routeservice.server import RouteService, RouteServiceConfig
 from proxy.sidecar.config import SidecarConfig
 from proxy.routing.tenant import TenantExtractor

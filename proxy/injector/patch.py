@@ -50,7 +50,7 @@ from typing import Any
 from proxy.config import Option, resolve
 from proxy.errors import ConfigError, RouteError
 from proxy.kafka import KAFKA_OPTIONS
-from proxy.routing.table import check_name
+from proxy.routes.table import check_name
 from proxy.sidecar.config import SIDECAR_OPTIONS, SidecarConfig
 
 PREFIX = "kafka-tenant-proxy.io/"

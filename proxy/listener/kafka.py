@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord
 
+from proxy import compat
 from proxy.kafka import KafkaConnection
 
 log = logging.getLogger(__name__)
@@ -154,11 +155,9 @@ class KafkaListener:
         protocol lets a broker start at 0 (the embedded test broker does). A member that does not
         leave stays in the group until the broker expires it, and a sandbox group with a member
         is never deleted (the route service deletes groups only when seen empty)."""
-        coordinator = getattr(self._consumer, "_coordinator", None)
-        if self.group_instance_id is not None or coordinator is None:
+        if self.group_instance_id is not None or self._consumer is None:
             return None  # static members keep their place on purpose (KIP-345)
-        member: str = coordinator.member_id or ""
-        return member if coordinator.generation == 0 and member else None
+        return compat.first_generation_member(self._consumer)
 
     async def _leave_group(self, member: str) -> None:
         """Send LeaveGroup for ``member`` (best effort, like aiokafka's own)."""
@@ -170,7 +169,7 @@ class KafkaListener:
             async with asyncio.timeout(LEAVE_TIMEOUT):
                 await admin.start()
                 node = await admin.find_coordinator(self.group)
-                await admin._send_request(LeaveGroupRequest(self.group, member), node)
+                await compat.send_admin_request(admin, LeaveGroupRequest(self.group, member), node)
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("leaving group %s failed (the broker expires the member): %r", self.group, exc)
         finally:
@@ -191,13 +190,12 @@ class KafkaListener:
         (it takes that as a consumer stuck in its processing). A sidecar whose app is slow is not
         stuck: it is waiting for room, and fetches again the moment there is some. So the wait
         counts as asking, as aiokafka counts its own waits inside ``getmany`` (its bookkeeping is
-        a private context manager; without it, the wait is a plain one). The wait does not raise
+        a private context manager, reached through :mod:`proxy.compat`). The wait does not raise
         on timeout, which would leave that bookkeeping off."""
-        subscription = getattr(self.consumer, "_subscription", None)
-        context = getattr(subscription, "fetch_context", None)
+        context = compat.fetch_context(self.consumer)
         waiting = asyncio.ensure_future(waiter)
         try:
-            with context() if context is not None else contextlib.nullcontext():
+            with context:
                 await asyncio.wait((waiting,), timeout=timeout)
         finally:
             waiting.cancel()
@@ -206,9 +204,7 @@ class KafkaListener:
     def membership_lost(self) -> bool:
         """True once the broker no longer knows this member (aiokafka then resets the member id
         and generation, and rejoins). Before the first join there is nothing to commit anyway."""
-        # aiokafka has no public view of this; its coordinator keeps it as plain attributes.
-        coordinator = self.consumer._coordinator
-        return coordinator is None or coordinator.generation < 0 or not coordinator.member_id
+        return compat.membership_lost(self.consumer)
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit ``offsets`` for the current generation. Raises ``CommitFailedError`` if the
@@ -217,7 +213,7 @@ class KafkaListener:
         consumer = self.consumer
         try:
             async with asyncio.timeout(self.commit_timeout):
-                await consumer._coordinator.ensure_coordinator_known()
+                await compat.ensure_coordinator_known(consumer)
                 # No await between this check and aiokafka building the request with the
                 # member's generation: the check holds for the commit sent.
                 if self.membership_lost:
@@ -247,20 +243,10 @@ class KafkaListener:
         (its committed offset, or ``auto_offset_reset``'s end of the log); a record produced
         before that look-up returns is never fetched under ``latest``. So readiness waits for
         this to be empty. aiokafka keeps the positions in its private subscription state; if that
-        changes shape, every assigned partition counts as unpositioned (never ready: a test
-        catches it), rather than readiness silently meaning less."""
+        changes shape, :mod:`proxy.compat` fails loudly."""
         if self._consumer is None:
             return frozenset()
-        subscription = getattr(getattr(self._consumer, "_subscription", None), "subscription", None)
-        assignment = getattr(subscription, "assignment", None)
-        if assignment is None:
-            return frozenset()  # nothing assigned yet
-        missing = []
-        for tp in assignment.tps:
-            state = assignment.state_value(tp)
-            if state is None or not getattr(state, "has_valid_position", False):
-                missing.append(tp)
-        return frozenset(missing)
+        return compat.unpositioned_partitions(self._consumer)
 
     def highwater(self, tp: TopicPartition) -> int | None:
         if self._consumer is None:
@@ -305,12 +291,12 @@ class KafkaListener:
 
     async def _watch_membership(self) -> None:
         """Fence fetching while the coordinator is unreachable; lift the fence on proof."""
-        coordinator = self.consumer._coordinator
+        consumer = self.consumer
         unreachable_since: float | None = None
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             now = time.monotonic()
-            if coordinator.coordinator_id is None:
+            if not compat.coordinator_known(consumer):
                 unreachable_since = unreachable_since or now
                 if not self.fenced and now - unreachable_since >= self._session_timeout / 2:
                     self._fence()
@@ -320,7 +306,7 @@ class KafkaListener:
                 # An extra heartbeat: success proves the membership; an expired member learns it
                 # here (aiokafka then resets the generation and rejoins, see _assigned).
                 try:
-                    confirmed = await coordinator._do_heartbeat()
+                    confirmed = await compat.heartbeat(consumer)
                 except KafkaError as exc:
                     log.warning("membership check failed: %r", exc)
                     continue

@@ -2,6 +2,5 @@
 and keep its delivery's tenant without OpenTelemetry.
 
 - :mod:`.request`   a request turned into a record: validation, context, default tenant (pure)
-- :mod:`.contexts`  ``ktp-delivery`` ids → the context of deliveries in flight or just done
 - :mod:`.server`    the HTTP listener and the Kafka producer behind it
 """

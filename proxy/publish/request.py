@@ -28,7 +28,7 @@ from opentelemetry.context import Context
 
 from proxy.delivery.headers import MAX_HEADER_VALUE, valid_field_value
 from proxy.errors import PublishError
-from proxy.publish.contexts import Context as DeliveryContext
+from proxy.delivery.contexts import Context as DeliveryContext
 from proxy.telemetry.propagation import BAGGAGE, READ_TRACE_FIELDS, Propagation, baggage_members
 
 DEFAULT_PUBLISH_MAX_BYTES = 1024 * 1024

@@ -45,11 +45,12 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import RecordMetadata
 
+from proxy.backoff import Backoff, retry_connect
 from proxy.errors import PublishError
 from proxy.httpserver import BodyTooLarge, HttpError, LocalHttpServer, Request, Response
 from proxy.kafka import KafkaConnection
 from proxy.metrics import Metrics
-from proxy.publish.contexts import DeliveryContexts
+from proxy.delivery.contexts import DeliveryContexts
 from proxy.publish.request import (
     DEFAULT_PUBLISH_MAX_BYTES,
     DEFAULT_PUBLISH_TIMEOUT,
@@ -108,35 +109,37 @@ class KafkaPublisher:
         self._connecting = asyncio.create_task(self._connect(), name="ktp-publish-connect")
 
     async def _connect(self) -> None:
-        delay = CONNECT_RETRY_INITIAL
-        while True:
-            producer = AIOKafkaProducer(
-                **self.connection.client_kwargs(),
-                acks="all",
-                client_id=self.client_id,
-                linger_ms=0,
-                # Half the publish timeout bounds the metadata wait and, separately, the life of
-                # the batch: a record the endpoint gave up on is dropped, not written later.
-                # (No idempotence: an idempotent producer never expires a batch.)
-                request_timeout_ms=max(int(self.timeout * 1000 / 2), 1),
-                max_request_size=self.max_bytes + RECORD_OVERHEAD,
-            )
-            try:
-                await producer.start()
-            except Exception as exc:
-                # Any failed connect is retried, not only a KafkaError: aiokafka 0.14 raises
-                # KeyError on a SCRAM refusal it cannot parse (see Sidecar._connect_kafka).
-                await producer.stop()
-                log.warning(
-                    "publish: Kafka at %s not reachable (%r); retrying in %.1fs",
-                    self.connection.bootstrap_servers, exc, delay,
-                    exc_info=not isinstance(exc, (KafkaError, OSError)),
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, CONNECT_RETRY_MAX)
-                continue
-            self._producer = producer
-            return
+        self._producer = await retry_connect(
+            self._connect_once, backoff=Backoff(CONNECT_RETRY_INITIAL, CONNECT_RETRY_MAX), failed=self._connect_failed
+        )
+
+    async def _connect_once(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            **self.connection.client_kwargs(),
+            acks="all",
+            client_id=self.client_id,
+            linger_ms=0,
+            # Half the publish timeout bounds the metadata wait and, separately, the life of
+            # the batch: a record the endpoint gave up on is dropped, not written later.
+            # (No idempotence: an idempotent producer never expires a batch.)
+            request_timeout_ms=max(int(self.timeout * 1000 / 2), 1),
+            max_request_size=self.max_bytes + RECORD_OVERHEAD,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    async def _connect_failed(self, exc: Exception, delay: float) -> None:
+        # Any failed connect is retried, not only a KafkaError: aiokafka 0.14 raises
+        # KeyError on a SCRAM refusal it cannot parse (see Sidecar._connect_kafka).
+        log.warning(
+            "publish: Kafka at %s not reachable (%r); retrying in %.1fs",
+            self.connection.bootstrap_servers, exc, delay,
+            exc_info=not isinstance(exc, (KafkaError, OSError)),
+        )
 
     async def stop(self) -> None:
         """Stop connecting; flush and close the producer."""

@@ -25,7 +25,7 @@ import json
 from typing import Any
 
 from proxy.errors import RouteError
-from proxy.routing.records import check_routes, check_tenant_value
+from proxy.routes.records import check_routes, check_tenant_value
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 MAX_WATCH_WAIT = 60.0

@@ -34,11 +34,12 @@ from aiokafka.errors import KafkaError
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 
+from proxy import compat
 from proxy.errors import BrokerError, RouteError
 from proxy.kafka import KafkaConnection
-from proxy.routing.records import RouteRecord
-from proxy.routing.sources.kafka import ensure_routes_topic
-from proxy.routing.table import check_name
+from proxy.routes.records import RouteRecord
+from proxy.routes.topic import ensure_routes_topic
+from proxy.routes.table import check_name
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ async def delete_groups(admin: AIOKafkaAdminClient, groups: list[str]) -> dict[s
     results: dict[str, int] = {}
     for group in groups:
         node = await admin.find_coordinator(group)
-        response = await admin._send_request(DeleteGroupsRequest([group]), node)
+        response = await compat.send_admin_request(admin, DeleteGroupsRequest([group]), node)
         for group_id, code in response.results:
             results[group_id] = code
     return results

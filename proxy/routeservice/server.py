@@ -12,7 +12,7 @@ Access: writes need the write token (``--token-file``); reads need the write tok
 token (``--read-token-file``, for sidecars using ``--routes http(s)://``) unless
 ``--public-reads``. Probes need nothing. Tokens are compared in constant time and never logged: a
 refused request is logged with its method, path and peer and why (no token, wrong token). Limits:
-``--max-body-bytes``, ``--max-tenants``, and the name rules of :mod:`proxy.routing.records`.
+``--max-body-bytes``, ``--max-tenants``, and the name rules of :mod:`proxy.routes.records`.
 ``--tls-certfile``/``--tls-keyfile`` serve HTTPS.
 """
 
@@ -48,8 +48,8 @@ from proxy.routeservice.api import (
 )
 from proxy.routeservice.groups import DEFAULT_GROUPS_TOPIC, DEFAULT_REAP_INTERVAL, GroupReaper
 from proxy.routeservice.store import RouteStore
-from proxy.routing.records import format_rfc3339
-from proxy.routing.sources.kafka import DEFAULT_ROUTES_TOPIC, check_topic_name
+from proxy.routes.records import format_rfc3339
+from proxy.routes.topic import DEFAULT_ROUTES_TOPIC, check_topic_name
 
 log = logging.getLogger(__name__)
 

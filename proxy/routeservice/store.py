@@ -1,7 +1,7 @@
 """The route service's store: the routes topic, and a cache rebuilt by reading it.
 
 The service keeps no state of its own. Every replica reads the routes topic from the beginning
-(:class:`~proxy.routing.sources.kafka.RoutesTopicReader`) into a cache of each tenant's latest
+(:class:`~proxy.routes.topic.RoutesTopicReader`) into a cache of each tenant's latest
 record plus a bounded changelog for watchers, and writes by producing to the topic. So any number
 of replicas serve one table, and a restart loses nothing the broker acknowledged.
 
@@ -12,7 +12,7 @@ Consistency, replica by replica:
 - every read first catches up with the topic (one ListOffsets round trip when nothing is new), so
   a read on *any* replica sees every write answered before it began;
 - before a write the replica catches up too, so it stamps ``effective_from`` after the tenant's
-  previous change (:class:`~proxy.routing.records.EffectiveTimes`) and answers DELETE of an
+  previous change (:class:`~proxy.routes.records.EffectiveTimes`) and answers DELETE of an
   absent tenant with 404 from current data.
 """
 
@@ -31,9 +31,9 @@ from aiokafka.errors import KafkaError
 
 from proxy.errors import BrokerError
 from proxy.kafka import KafkaConnection
-from proxy.routing.records import RouteRecord, encode_value
-from proxy.routing.sources.catchup import now_ms
-from proxy.routing.sources.kafka import (
+from proxy.routes.records import RouteRecord, encode_value
+from proxy.routes.catchup import now_ms
+from proxy.routes.topic import (
     DEFAULT_FETCH_MAX_WAIT_MS,
     DEFAULT_ROUTES_TOPIC,
     RoutesTopicReader,

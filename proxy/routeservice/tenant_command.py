@@ -14,8 +14,8 @@ from typing import Any
 
 from proxy.config import Option, add_options, resolve
 from proxy.errors import ConfigError, RouteError
-from proxy.routeservice.client import DEFAULT_SERVER, RouteServiceClient
-from proxy.routing.records import RouteRecord, check_routes, check_tenant_value, format_rfc3339
+from proxy.routes.client import DEFAULT_SERVER, RouteServiceClient
+from proxy.routes.records import RouteRecord, check_routes, check_tenant_value, format_rfc3339
 
 CLIENT_OPTIONS = (
     Option("server", "route service URL", DEFAULT_SERVER),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.routing.table import RouteTable
+from proxy.routes.table import RouteTable
 from proxy.routing.tenant import Headers, TenantExtractor, TenantLookup, baggage_value
 
 # Decisions memoized per table version; past this many distinct headers the memo starts over

@@ -23,13 +23,13 @@ from proxy.delivery.policy import DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, 
 from proxy.errors import ConfigError
 from proxy.kafka import KAFKA_OPTIONS, KafkaConnection
 from proxy.listener.progress import DEFAULT_STALL_TIMEOUT
-from proxy.publish.contexts import DEFAULT_GRACE as DEFAULT_DELIVERY_CONTEXT_GRACE
+from proxy.delivery.contexts import DEFAULT_GRACE as DEFAULT_DELIVERY_CONTEXT_GRACE
 from proxy.publish.request import (
     DEFAULT_PUBLISH_MAX_BYTES,
     DEFAULT_PUBLISH_TIMEOUT,
     check_publish_headers,
 )
-from proxy.routing.table import check_name, check_tenant
+from proxy.routes.table import check_name, check_tenant
 from proxy.routing.tenant import DEFAULT_TENANT_KEY
 
 DEFAULT_ROUTES = "kafka:"

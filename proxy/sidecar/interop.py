@@ -12,7 +12,7 @@ from opentelemetry.trace import TracerProvider
 
 from proxy.delivery.interop import DeliveryInterop
 from proxy.metrics import Metrics
-from proxy.publish.contexts import DeliveryContexts
+from proxy.delivery.contexts import DeliveryContexts
 from proxy.publish.request import PublishRules
 from proxy.publish.server import KafkaPublisher, PublishServer
 from proxy.sidecar.config import SidecarConfig

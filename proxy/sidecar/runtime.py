@@ -23,6 +23,7 @@ from opentelemetry.trace import TracerProvider
 
 from proxy.admin.decisions import RecentDecisions
 from proxy.admin.server import HttpServer, admin_routes, metrics_routes
+from proxy.backoff import Backoff, retry_connect
 from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.dispatcher import PartitionState, Dispatcher
 from proxy.delivery.headers import forwarded_header_names
@@ -230,44 +231,46 @@ class Sidecar:
     async def _connect_kafka(self) -> None:
         """Connect to Kafka, retrying while it is unreachable (a sidecar often starts before the
         network or the broker is ready); /healthz answers meanwhile and /readyz says why not."""
-        delay = KAFKA_RETRY_INITIAL
-        while True:
-            try:
-                if self.config.sandbox is not None:
-                    # Registered before the group exists, so the route service can clean it up.
-                    await register_sandbox_group(
-                        self.config.kafka,
-                        self.config.groups_topic,
-                        SandboxGroup(self.config.consumer_group, self.config.service, self.config.sandbox),
-                    )
-                if self.dead_letters is not None:
-                    await self.dead_letters.start()
-                    self._started.append(self.dead_letters)
-                await self.listener.start()
-                self._kafka_problem = None
-                return
-            except ConfigError:
-                raise  # a wrong setting (e.g. the routes topic's partitions) does not heal by retrying
-            except Exception as exc:
-                # Not only KafkaError: aiokafka 0.14 raises KeyError on a broker's SCRAM refusal
-                # it cannot parse (Tansu's). Any failed connect is retried with backoff, logged
-                # (with the traceback when it is not a Kafka error), with /healthz answering and
-                # /readyz saying why: a crash would only restart the container into the same
-                # failure, and a retry reads a rotated password file again.
-                if self.dead_letters is not None and self.dead_letters in self._started:
-                    self._started.remove(self.dead_letters)
-                    await self.dead_letters.stop()
-                expected = isinstance(exc, (KafkaError, BrokerError, OSError))
-                self._kafka_problem = (
-                    f"Kafka at {self.config.kafka.bootstrap_servers} not reachable at "
-                    f"{_clock(time.time())}: {exc!r}; retrying every {delay:.1f}s or less"
-                )
-                log.warning(
-                    "Kafka at %s not reachable (%r); retrying in %.1fs",
-                    self.config.kafka.bootstrap_servers, exc, delay, exc_info=not expected,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, KAFKA_RETRY_MAX)
+        # A wrong setting (e.g. the routes topic's partitions) does not heal by retrying.
+        await retry_connect(
+            self._connect_kafka_once,
+            backoff=Backoff(KAFKA_RETRY_INITIAL, KAFKA_RETRY_MAX),
+            failed=self._connect_kafka_failed,
+            fatal=(ConfigError,),
+        )
+
+    async def _connect_kafka_once(self) -> None:
+        if self.config.sandbox is not None:
+            # Registered before the group exists, so the route service can clean it up.
+            await register_sandbox_group(
+                self.config.kafka,
+                self.config.groups_topic,
+                SandboxGroup(self.config.consumer_group, self.config.service, self.config.sandbox),
+            )
+        if self.dead_letters is not None:
+            await self.dead_letters.start()
+            self._started.append(self.dead_letters)
+        await self.listener.start()
+        self._kafka_problem = None
+
+    async def _connect_kafka_failed(self, exc: Exception, delay: float) -> None:
+        # Not only KafkaError: aiokafka 0.14 raises KeyError on a broker's SCRAM refusal
+        # it cannot parse (Tansu's). Any failed connect is retried with backoff, logged
+        # (with the traceback when it is not a Kafka error), with /healthz answering and
+        # /readyz saying why: a crash would only restart the container into the same
+        # failure, and a retry reads a rotated password file again.
+        if self.dead_letters is not None and self.dead_letters in self._started:
+            self._started.remove(self.dead_letters)
+            await self.dead_letters.stop()
+        expected = isinstance(exc, (KafkaError, BrokerError, OSError))
+        self._kafka_problem = (
+            f"Kafka at {self.config.kafka.bootstrap_servers} not reachable at "
+            f"{_clock(time.time())}: {exc!r}; retrying in {delay:.1f}s"
+        )
+        log.warning(
+            "Kafka at %s not reachable (%r); retrying in %.1fs",
+            self.config.kafka.bootstrap_servers, exc, delay, exc_info=not expected,
+        )
 
     async def run(self) -> None:
         """Fetch, decide and dispatch until :meth:`request_stop`."""

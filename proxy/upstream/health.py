@@ -107,7 +107,7 @@ class AppHealth:
         if self._session is not None and self.health_url:
             import aiohttp
 
-            from proxy.routeservice.client import connect_error_reason
+            from proxy.errors import connect_error_reason
 
             try:
                 async with self._session.get(self.health_url) as response:

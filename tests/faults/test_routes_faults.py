@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.kafka import KafkaConnection
-from proxy.routeservice.client import RouteServiceClient
+from proxy.routes.client import RouteServiceClient
 from proxy.routeservice.server import RouteService, RouteServiceConfig
 from proxy.sidecar.runtime import Sidecar
 from proxy.testing.app import RecordingApp

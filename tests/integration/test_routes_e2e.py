@@ -16,9 +16,9 @@ from pathlib import Path
 from aiokafka import TopicPartition
 
 from proxy.kafka import KafkaConnection
-from proxy.routeservice.client import RouteServiceClient
+from proxy.routes.client import RouteServiceClient
 from proxy.routeservice.server import RouteService, RouteServiceConfig
-from proxy.routing.sources.kafka import KafkaRouteSource
+from proxy.routing.sources.kafka_source import KafkaRouteSource
 from proxy.sidecar.runtime import Sidecar, committed_offsets
 from proxy.testing.app import RecordingApp
 from tests.conftest import baggage, eventually, produce, sidecar_config

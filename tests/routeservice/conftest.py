@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from proxy.kafka import KafkaConnection
-from proxy.routeservice.client import RouteServiceClient
+from proxy.routes.client import RouteServiceClient
 from proxy.routeservice.server import RouteService, RouteServiceConfig
 
 TOKEN = "s3cret-token"

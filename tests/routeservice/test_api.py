@@ -12,10 +12,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from yarl import URL
 
-from proxy.routeservice.client import RouteServiceClient, RouteServiceError, TenantNotFound
+from proxy.routes.client import RouteServiceClient, RouteServiceError, TenantNotFound
 from proxy.routeservice.server import RouteService
-from proxy.routing.records import parse_rfc3339
-from proxy.routing.sources.catchup import now_ms
+from proxy.routes.records import parse_rfc3339
+from proxy.routes.catchup import now_ms
 from tests.routeservice.conftest import TOKEN
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}

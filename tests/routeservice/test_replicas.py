@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.routeservice.client import RouteServiceClient
+from proxy.routes.client import RouteServiceClient
 from proxy.routeservice.server import RouteService
 from tests.routeservice.conftest import TOKEN, ServiceFactory
 

@@ -11,13 +11,13 @@ from aiokafka import AIOKafkaProducer
 
 from proxy.errors import ConfigError
 from proxy.kafka import KafkaConnection
-from proxy.routeservice.client import RouteServiceClient
+from proxy.routes.client import RouteServiceClient
 from proxy.routeservice.server import RouteService
-from proxy.routing.records import encode_value
+from proxy.routes.records import encode_value
 from proxy.routing.sources import CatchUpRouteSource, create_route_source
-from proxy.routing.sources.catchup import now_ms
+from proxy.routes.catchup import now_ms
 from proxy.routing.sources.http import HttpRouteSource
-from proxy.routing.sources.kafka import KafkaRouteSource
+from proxy.routing.sources.kafka_source import KafkaRouteSource
 from tests.conftest import create_topic
 from tests.routeservice.conftest import TOKEN, ServiceFactory
 

@@ -57,7 +57,7 @@ from proxy.routeservice.api import (
     token_matches,
 )
 from proxy.routeservice.server import RouteService, RouteServiceConfig
-from proxy.routing.table import NAME_PATTERN
+from proxy.routes.table import NAME_PATTERN
 from proxy.routing.tenant import MAX_BAGGAGE_BYTES, TenantExtractor
 
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

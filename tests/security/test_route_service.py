@@ -22,7 +22,7 @@ from yarl import URL
 
 from proxy.errors import ConfigError
 from proxy.kafka import KafkaConnection, client_ssl_context
-from proxy.routeservice.client import RouteServiceClient, RouteServiceError
+from proxy.routes.client import RouteServiceClient, RouteServiceError
 from proxy.routeservice.server import RouteService, RouteServiceConfig
 from proxy.routing.sources import create_route_source
 from proxy.testing.tls import Pki

@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from proxy.admin.decisions import RecentDecisions
 from proxy.routing.filter import RouteFilter
-from proxy.routing.table import Route, RouteTable
+from proxy.routes.table import Route, RouteTable
 from proxy.telemetry.propagation import Propagation
 from proxy.telemetry.tracing import SKIP_SPANS_PER_SECOND, SidecarTracing
 

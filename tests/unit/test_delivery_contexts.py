@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.publish.contexts import DeliveryContexts
+from proxy.delivery.contexts import DeliveryContexts
 
 CONTEXT = (("baggage", "tenant=123"), ("traceparent", "00-" + "1" * 32 + "-" + "2" * 16 + "-01"))
 

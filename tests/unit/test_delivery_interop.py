@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from proxy.delivery.headers import build_headers, forwarded_header_names
 from proxy.delivery.interop import DeliveryInterop
-from proxy.publish.contexts import DeliveryContexts
+from proxy.delivery.contexts import DeliveryContexts
 from proxy.telemetry.propagation import Propagation
 from proxy.telemetry.tracing import SidecarTracing
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.routing.filter import Deliver, RouteFilter, Skip
-from proxy.routing.table import Route, RouteTable
+from proxy.routes.table import Route, RouteTable
 from proxy.routing.tenant import TenantExtractor, TenantLookup
 
 SERVICE = "orders-worker"

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.errors import RouteError
-from proxy.routing.records import (
+from proxy.routes.records import (
     EffectiveTimes,
     RouteRecord,
     decode_record,

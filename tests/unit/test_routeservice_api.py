@@ -25,8 +25,8 @@ from proxy.routeservice.api import (
     token_matches,
 )
 from proxy.routeservice.tenant_command import parse_route_args
-from proxy.routing.records import MAX_SERVICES_PER_TENANT
-from proxy.routing.sources.catchup import CatchUp
+from proxy.routes.records import MAX_SERVICES_PER_TENANT
+from proxy.routes.catchup import CatchUp
 
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 TENANT = re.compile(r"^[\x21-\x7e]{1,256}$")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.errors import RouteError
-from proxy.routing.table import Route, RouteTable
+from proxy.routes.table import Route, RouteTable
 
 
 def test_history_and_deletion() -> None:

@@ -1,4 +1,4 @@
-"""Route sources fill a sidecar's :class:`~proxy.routing.table.RouteTable`.
+"""Route sources fill a sidecar's :class:`~proxy.routes.table.RouteTable`.
 
 A source has ``async start()`` / ``async stop()`` and owns one table. ``table.synced`` becomes
 True once the source has read its backing store completely at least once.
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from proxy.routing.table import RouteTable
+from proxy.routes.table import RouteTable
 
 if TYPE_CHECKING:
     from proxy.kafka import KafkaConnection
@@ -73,11 +73,8 @@ def create_route_source(
             raise ConfigError("--routes file:<path> needs a path")
         return FileRouteSource(path, on_error=on_error)
     if spec.startswith("kafka:"):
-        from proxy.routing.sources.kafka import (
-            DEFAULT_ROUTES_TOPIC,
-            KafkaRouteSource,
-            check_topic_name,
-        )
+        from proxy.routes.topic import DEFAULT_ROUTES_TOPIC, check_topic_name
+        from proxy.routing.sources.kafka_source import KafkaRouteSource
 
         if connection is None:
             raise ConfigError(f"--routes {spec}: the kafka: route source needs the Kafka connection options")

@@ -38,7 +38,7 @@ import yaml
 
 from proxy.errors import ConfigError, RouteError
 from proxy.logthrottle import LogThrottle, held_back
-from proxy.routing.table import Route, RouteTable
+from proxy.routes.table import Route, RouteTable
 
 log = logging.getLogger(__name__)
 

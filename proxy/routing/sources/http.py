@@ -19,10 +19,11 @@ import logging
 import ssl
 from collections.abc import Callable
 
+from proxy.backoff import Backoff
 from proxy.errors import RouteSourceError
-from proxy.routeservice.client import RouteServiceClient, RouteServiceError, WatchResult
-from proxy.routing.sources.catchup import CatchUp
-from proxy.routing.table import RouteTable
+from proxy.routes.client import RouteServiceClient, RouteServiceError, WatchResult
+from proxy.routes.catchup import CatchUp
+from proxy.routes.table import RouteTable
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +72,14 @@ class HttpRouteSource:
 
     async def start(self) -> None:
         await self.client.start()
-        delay = RETRY_INITIAL
+        backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
         while True:
             try:
                 await self._catch_up()
                 break
             except RouteSourceError as exc:
-                self._report(f"{exc}; retrying in {delay:.1f}s")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                self._report(f"{exc}; retrying in {backoff.delay:.1f}s")
+                await backoff.wait()
         self.table.synced = True
         log.info("routes from %s synced at version %d", self.client.server, self.cursor)
         self._task = asyncio.create_task(self._watch(), name="ktp-http-routes")
@@ -115,16 +115,17 @@ class HttpRouteSource:
         return result.synced_at_ms
 
     async def _watch(self) -> None:
-        delay = RETRY_INITIAL
+        backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
         while True:
             try:
                 result = await self.client.watch(self.cursor, wait=self.watch_wait)
             except RouteServiceError as exc:
-                self._report(f"watching route service {self.client.server} failed, retrying in {delay:.1f}s: {exc}")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                self._report(
+                    f"watching route service {self.client.server} failed, retrying in {backoff.delay:.1f}s: {exc}"
+                )
+                await backoff.wait()
                 continue
-            delay = RETRY_INITIAL
+            backoff.reset()
             self._apply(result)
 
     def _apply(self, result: WatchResult) -> None:

@@ -2,7 +2,7 @@
 
 The routes topic (``_ktp_routes`` unless named) has one partition, so its offsets are one global
 order of route writes, and is compacted, so it keeps the last record of every tenant forever
-(deletions are JSON records, not tombstones: see :mod:`proxy.routing.records`).
+(deletions are JSON records, not tombstones: see :mod:`proxy.routes.records`).
 
 :class:`RoutesTopicReader` reads it from the beginning with manual assignment (no consumer group:
 nothing to join, nothing to commit, every reader sees every record) and follows it. The same
@@ -38,11 +38,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from proxy.backoff import Backoff, retry_connect
 from proxy.errors import BrokerError, ConfigError, RouteError, RouteSourceError
 from proxy.kafka import KafkaConnection
-from proxy.routing.records import EffectiveTimes, RouteRecord, decode_record
-from proxy.routing.sources.catchup import CatchUp, now_ms
-from proxy.routing.table import RouteTable
+from proxy.routes.records import EffectiveTimes, RouteRecord, decode_record
+from proxy.routes.catchup import CatchUp, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _check_cleanup_policy(topic: str, responses: list[Any]) -> None:
 class RoutesTopicReader:
     """Reads the routes topic from the beginning, then follows it, handing decoded records to
     ``on_records`` in offset order (with effective times made strictly increasing per tenant,
-    :class:`~proxy.routing.records.EffectiveTimes`).
+    :class:`~proxy.routes.records.EffectiveTimes`).
 
     ``start()`` returns once the first sync is done (``synced``), retrying while Kafka cannot be
     reached; it raises :class:`ConfigError` for an unusable topic.
@@ -256,14 +256,15 @@ class RoutesTopicReader:
         await self._connect()
         follower = asyncio.create_task(self._follow(), name=f"ktp-routes-follow-{self.topic}")
         try:
-            delay = RETRY_INITIAL
+            backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
             while not self.synced:
                 try:
                     await self.catch_up()
                 except RouteSourceError as exc:
-                    self._report(f"routes topic {self.topic!r}: first sync failed, retrying in {delay:.1f}s: {exc}")
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
+                    self._report(
+                        f"routes topic {self.topic!r}: first sync failed, retrying in {backoff.delay:.1f}s: {exc}"
+                    )
+                    await backoff.wait()
                     continue
                 self.synced = True
                 self._synced_event.set()
@@ -280,45 +281,47 @@ class RoutesTopicReader:
                 await follower
 
     async def _connect(self) -> None:
-        delay = RETRY_INITIAL
-        while True:
-            try:
-                await ensure_routes_topic(
-                    self.connection,
-                    self.topic,
-                    create=self.create_topic,
-                    replication_factor=self.replication_factor,
-                )
-                kwargs = self.connection.client_kwargs()
-                follower = AIOKafkaConsumer(
-                    **kwargs,
-                    group_id=None,
-                    enable_auto_commit=False,
-                    auto_offset_reset="earliest",
-                    fetch_max_wait_ms=self.fetch_max_wait_ms,
-                    client_id=self.client_id,
-                )
-                offsets = AIOKafkaConsumer(**kwargs, group_id=None, enable_auto_commit=False, client_id=self.client_id)
-                self._follower, self._offsets = follower, offsets
-                await follower.start()
-                await offsets.start()
-                follower.assign([self._tp])
-                await follower.seek_to_beginning(self._tp)
-                return
-            except ConfigError:
-                raise  # a wrong setting (e.g. the routes topic's partitions) does not heal by retrying
-            except Exception as exc:
-                # Any failed connect is retried, not only a KafkaError: aiokafka 0.14 raises
-                # KeyError on a SCRAM refusal it cannot parse (see Sidecar._connect_kafka).
-                await self._close_clients()
-                if not isinstance(exc, (BrokerError, KafkaError, OSError)):
-                    log.warning("routes topic %s: unexpected error while connecting", self.topic, exc_info=True)
-                self._report(
-                    f"routes topic {self.topic!r} on {self.connection.bootstrap_servers} unreachable, "
-                    f"retrying in {delay:.1f}s: {exc!r}"
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+        # A wrong setting (e.g. the routes topic's partitions) does not heal by retrying.
+        await retry_connect(
+            self._connect_once,
+            backoff=Backoff(RETRY_INITIAL, RETRY_MAX),
+            failed=self._connect_failed,
+            fatal=(ConfigError,),
+        )
+
+    async def _connect_once(self) -> None:
+        await ensure_routes_topic(
+            self.connection,
+            self.topic,
+            create=self.create_topic,
+            replication_factor=self.replication_factor,
+        )
+        kwargs = self.connection.client_kwargs()
+        follower = AIOKafkaConsumer(
+            **kwargs,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+            client_id=self.client_id,
+        )
+        offsets = AIOKafkaConsumer(**kwargs, group_id=None, enable_auto_commit=False, client_id=self.client_id)
+        self._follower, self._offsets = follower, offsets
+        await follower.start()
+        await offsets.start()
+        follower.assign([self._tp])
+        await follower.seek_to_beginning(self._tp)
+
+    async def _connect_failed(self, exc: Exception, delay: float) -> None:
+        # Any failed connect is retried, not only a KafkaError: aiokafka 0.14 raises
+        # KeyError on a SCRAM refusal it cannot parse (see Sidecar._connect_kafka).
+        await self._close_clients()
+        if not isinstance(exc, (BrokerError, KafkaError, OSError)):
+            log.warning("routes topic %s: unexpected error while connecting", self.topic, exc_info=True)
+        self._report(
+            f"routes topic {self.topic!r} on {self.connection.bootstrap_servers} unreachable, "
+            f"retrying in {delay:.1f}s: {exc!r}"
+        )
 
     async def _close_clients(self) -> None:
         for client in (self._follower, self._offsets):
@@ -330,7 +333,7 @@ class RoutesTopicReader:
     async def _follow(self) -> None:
         follower = self._follower
         assert follower is not None
-        delay = RETRY_INITIAL
+        backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
         while True:
             try:
                 batch = await follower.getmany(self._tp, timeout_ms=_POLL_TIMEOUT_MS)
@@ -341,11 +344,10 @@ class RoutesTopicReader:
             except Exception as exc:
                 if not isinstance(exc, KafkaError):
                     log.exception("routes topic %s: unexpected error while following", self.topic)
-                self._report(f"reading routes topic {self.topic!r} failed, retrying in {delay:.1f}s: {exc!r}")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                self._report(f"reading routes topic {self.topic!r} failed, retrying in {backoff.delay:.1f}s: {exc!r}")
+                await backoff.wait()
                 continue
-            delay = RETRY_INITIAL
+            backoff.reset()
 
     def _take(self, messages: Any, position: int) -> None:
         records = []
@@ -395,77 +397,3 @@ class RoutesTopicReader:
         log.warning("%s", message)
         if self._on_error is not None:
             self._on_error(message)
-
-
-class KafkaRouteSource:
-    """The sidecar's table, kept by reading the routes topic (``--routes kafka:[<topic>]``).
-
-    Every record becomes a :class:`~proxy.routing.table.Route` at its effective time (a deletion
-    is a route with no services), so the table keeps each tenant's history and decides records
-    at their own time. ``start()`` returns once the table is synced.
-    """
-
-    def __init__(
-        self,
-        connection: KafkaConnection,
-        topic: str = DEFAULT_ROUTES_TOPIC,
-        *,
-        table: RouteTable | None = None,
-        on_error: Callable[[str], None] | None = None,
-        create_topic: bool = True,
-        fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
-        sync_interval: float = DEFAULT_SYNC_INTERVAL,
-        catch_up_timeout: float = DEFAULT_CATCH_UP_TIMEOUT,
-        client_id: str = "ktp-sidecar-routes",
-    ) -> None:
-        self.table = table if table is not None else RouteTable()
-        self.reader = RoutesTopicReader(
-            connection,
-            topic,
-            on_records=self._apply,
-            on_error=on_error,
-            create_topic=create_topic,
-            fetch_max_wait_ms=fetch_max_wait_ms,
-            sync_interval=sync_interval,
-            catch_up_timeout=catch_up_timeout,
-            client_id=client_id,
-        )
-
-    def __repr__(self) -> str:
-        return f"KafkaRouteSource(topic={self.reader.topic!r}, table={self.table!r})"
-
-    def describe(self) -> str:
-        return f"kafka:{self.reader.topic}"
-
-    @property
-    def synced_at_ms(self) -> int:
-        """Wall-clock time (ms) before which every acknowledged route write is in the table."""
-        return self.reader.synced_at_ms
-
-    async def start(self) -> None:
-        await self.reader.start()
-        self.table.synced = True
-
-    async def stop(self) -> None:
-        await self.reader.stop()
-
-    async def __aenter__(self) -> KafkaRouteSource:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def catch_up(self, at_ms: int | None = None) -> None:
-        """Return once the table includes every route written to the topic before this call.
-
-        Cheap when nothing was written since the last sync (one ListOffsets round trip), and
-        shared by concurrent callers. With ``at_ms`` (a record's timestamp), return at once when
-        the table is already complete up to it. Raises :class:`RouteSourceError` when the topic
-        cannot be reached in time; the table keeps what it has.
-        """
-        await self.reader.catch_up(at_ms)
-
-    def _apply(self, records: list[RouteRecord]) -> None:
-        for record in records:
-            self.table.apply(record.to_route())

@@ -11,7 +11,6 @@ Errors::
 from __future__ import annotations
 
 import json
-import os
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +19,8 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-from proxy.errors import ConfigError, KtpError, RouteError
-from proxy.routing.records import RouteRecord, parse_rfc3339, record_from_api
+from proxy.errors import ConfigError, KtpError, RouteError, connect_error_reason
+from proxy.routes.records import RouteRecord, parse_rfc3339, record_from_api
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 10.0
@@ -228,15 +227,3 @@ def auth_hint(write: bool, *, given: bool) -> str:
         "reads need a token by default: pass --token-file FILE holding the route service's token "
         "(--routes-token-file for a sidecar), or run the route service with --public-reads true"
     )
-
-
-def connect_error_reason(exc: BaseException) -> str:
-    """Why a connection failed, without aiohttp's ``ssl:default`` noise on plain-HTTP URLs."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    os_error = getattr(exc, "os_error", None)
-    for error in (os_error, exc):
-        # asyncio's connect errors repeat the address in strerror; the errno's words suffice.
-        if isinstance(error, OSError) and error.errno:
-            return os.strerror(error.errno).lower()
-    return str(exc) or type(exc).__name__

@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Any
 
 from proxy.errors import RouteError
-from proxy.routing.table import Route, check_name, check_tenant
+from proxy.routes.table import Route, check_name, check_tenant
 
 # A tenant routes a handful of services; the bound keeps one record (and one request) small.
 MAX_SERVICES_PER_TENANT = 256
