@@ -107,6 +107,9 @@ class Sidecar:
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.config = config
+        # Unusable TLS or SASL files stop the sidecar here, with one line, before any part
+        # starts: inside the parts' connect loops they would be retried (and logged) forever.
+        config.kafka.client_kwargs()
         self.metrics = metrics or Metrics()
         self.route_source = route_source or create_route_source(
             config.routes,
