@@ -10,7 +10,7 @@ store has read the routes topic and can write, else 503).
 
 Access: writes need the write token (``--token-file``); reads need the write token or the read
 token (``--read-token-file``, for sidecars using ``--routes http(s)://``) unless
-``--public-reads``. Probes need nothing. Tokens are compared in constant time and never logged: a
+``--public-reads true``. Probes need nothing. Tokens are compared in constant time and never logged: a
 refused request is logged with its method, path and peer and why (no token, wrong token). Limits:
 ``--max-body-bytes``, ``--max-tenants``, and the name rules of :mod:`proxy.routes.records`.
 ``--tls-certfile``/``--tls-keyfile`` serve HTTPS.
