@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from aiokafka import TopicPartition
 
 from proxy.kafka import KafkaConnection
@@ -177,11 +179,12 @@ async def test_deleting_a_tenant_returns_it_to_baseline_and_removes_the_sandbox_
 
 
 async def test_a_sandbox_group_with_members_is_not_deleted_until_its_pods_stop(
-    bootstrap_servers: str, topic: str, tmp_path: Path
+    bootstrap_servers: str, topic: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The tenant is deleted while its sandbox still runs: the group keeps its member and its
     offsets (the embedded broker would accept DeleteGroups for it); once the sandbox stops, the
     group is deleted."""
+    caplog.set_level(logging.INFO, logger="proxy")
     group = f"g-{topic}-pr-9"
     async with route_service(bootstrap_servers, topic, tmp_path) as routes:
         await routes.put("123", {SERVICE: "pr-9"})
@@ -200,6 +203,10 @@ async def test_a_sandbox_group_with_members_is_not_deleted_until_its_pods_stop(
             await eventually(
                 lambda: _no_commits(bootstrap_servers, group, topic), timeout=30, what="sandbox group deleted"
             )
+    # Partitions are written topic[partition] in our log lines, never as aiokafka's reprs.
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("proxy.")]
+    assert any("new sandbox group starts at" in line for line in ours)
+    assert not [line for line in ours if "TopicPartition(" in line]
 
 
 async def _ready(*sidecars: Sidecar) -> bool:
