@@ -42,7 +42,7 @@ class Throughput:
 class CatchUps:
     """What a ``kafka:`` route source did over a latency run's measured window: syncs of the routes
     topic reader per second (each one ListOffsets round trip: the per-batch catch-ups plus the
-    periodic sync), fetched batches per second (each one ``_routes_cover`` call), and how long
+    periodic sync), fetched batches per second (each one ``RoutesGate._cover`` call), and how long
     the fetch loop held a batch for the routes (p50 / p99 / max, ms; ~0 when already covered)."""
 
     syncs_per_s: float

@@ -12,7 +12,7 @@ record timestamp → receipt, it does not include how long the broker holds a fe
 With a ``kafka:`` route source it also notes, as ``"syncs"`` (``[[started_us, duration_us],
 ...]``), every sync of the routes topic reader (one ListOffsets round trip on its own
 connection, then the wait for the follower to reach that offset: a catch-up, or the periodic
-sync), and as ``"covers"`` the same for each ``Sidecar._routes_cover`` call (one per fetched
+sync), and as ``"covers"`` the same for each ``RoutesGate._cover`` call (one per fetched
 batch: how long the fetch loop held that batch while the table caught up).
 
 ``FETCH_MAX_WAIT_MS`` sets the consumer's ``fetch_max_wait_ms`` (aiokafka's default is 500, and
@@ -38,7 +38,7 @@ from aiokafka.structs import ConsumerRecord
 from proxy import cli
 from proxy.listener.kafka import KafkaListener
 from proxy.routes.topic import RoutesTopicReader
-from proxy.sidecar.runtime import Sidecar
+from proxy.sidecar.routes_gate import RoutesGate
 
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 GC_PAUSE_NOTED_US = 1000
@@ -73,7 +73,7 @@ def main() -> int:
     syncs: list[tuple[int, int]] = []
     covers: list[tuple[int, int]] = []
     original_sync = RoutesTopicReader._sync
-    original_cover = Sidecar._routes_cover
+    original_cover = RoutesGate._cover
 
     async def sync(self: RoutesTopicReader) -> int:
         started_us, started_ns = time.time_ns() // 1000, time.perf_counter_ns()
@@ -82,7 +82,7 @@ def main() -> int:
         finally:
             syncs.append((started_us, (time.perf_counter_ns() - started_ns) // 1000))
 
-    async def routes_cover(self: Sidecar, batch: Batch) -> bool:
+    async def routes_cover(self: RoutesGate, batch: Batch) -> bool:
         started_us, started_ns = time.time_ns() // 1000, time.perf_counter_ns()
         try:
             return await original_cover(self, batch)
@@ -90,7 +90,7 @@ def main() -> int:
             covers.append((started_us, (time.perf_counter_ns() - started_ns) // 1000))
 
     RoutesTopicReader._sync = sync  # type: ignore[method-assign]
-    Sidecar._routes_cover = routes_cover  # type: ignore[method-assign]
+    RoutesGate._cover = routes_cover  # type: ignore[method-assign]
 
     pauses: list[tuple[int, int, int]] = []
     collecting: list[int] = []

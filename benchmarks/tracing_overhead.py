@@ -6,7 +6,7 @@ tracing off (OpenTelemetry's default provider, what runs without the SDK) and on
 batch processor and an exporter that drops everything, so export I/O is not counted). The hook
 added there is one flag check per batch; its cost is timed on its own as well.
 
-Delivery path: ``DeliveryInterop.begin`` + ``DeliveryScope.end`` (``ktp-delivery`` and its
+Delivery path: ``DeliveryEnvelope.begin`` + ``DeliveryScope.end`` (``ktp-delivery`` and its
 context, translation, CloudEvents headers, the process span), next to ``build_headers``, the
 per-delivery work that was already there, as the baseline of the same run.
 
@@ -28,9 +28,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from proxy.delivery.dispatcher import PartitionState
+from proxy.listener.partitions import PartitionState
 from proxy.delivery.headers import build_headers, forwarded_header_names
-from proxy.delivery.interop import DeliveryInterop
+from proxy.delivery.envelope import DeliveryEnvelope
 from proxy.kafka import KafkaConnection
 from proxy.delivery.contexts import DeliveryContexts
 from proxy.sidecar.config import SidecarConfig
@@ -101,7 +101,7 @@ def consume_path(provider: trace.TracerProvider | None, routes: str) -> tuple[fl
     def run() -> None:
         sidecar._handle(state, batch)
 
-    return best_ns_per_record(run, BATCH), sidecar.interop.tracing.enabled
+    return best_ns_per_record(run, BATCH), sidecar.context_parts.tracing.enabled
 
 
 def delivery_path(
@@ -110,7 +110,7 @@ def delivery_path(
     """(ns per delivery of begin + end, ns per delivery of build_headers alone)."""
     propagation = Propagation.from_names(propagators)
     tracing = SidecarTracing(propagation, provider=provider, service="orders-worker", sandbox=None, group="orders")
-    interop = DeliveryInterop(contexts=DeliveryContexts(30.0), tracing=tracing, format=format, service="orders-worker")
+    interop = DeliveryEnvelope(contexts=DeliveryContexts(30.0), tracing=tracing, format=format, service="orders-worker")
     batch = records(DELIVERIES)
     forwarded = forwarded_header_names(propagators)
 

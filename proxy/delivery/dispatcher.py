@@ -1,10 +1,7 @@
 """Dispatcher: runs deliveries in lanes, retries them, dead-letters them, marks them done.
 
-A *lane* is a queue delivered one record at a time, in order. The ordering mode picks the lane:
-
-- ``partition``: one lane per partition (records of a partition in offset order);
-- ``key``:       one lane per (partition, key): keys of one partition run concurrently;
-- ``none``:      one lane per record.
+A *lane* is a queue delivered one record at a time, in order; the ordering mode
+(:mod:`proxy.delivery.ordering`) picks a record's lane.
 
 At most ``max_in_flight`` deliveries run at once. A record is done when the app took it, the app
 said DROP, it was dead-lettered, or dead letters are off and it was logged and counted; only then
@@ -18,82 +15,29 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Hashable, Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.headers import build_headers
 from proxy.logthrottle import LogThrottle, held_back
-from proxy.delivery.interop import DeliveryInterop
+from proxy.delivery.envelope import DeliveryEnvelope, DeliveryScope
+from proxy.delivery.ordering import ORDERINGS
 from proxy.delivery.policy import Outcome, RetryPolicy, Verdict, classify, parse_retry_after
+from proxy.delivery.ports import Health, Pauser, Upstream
 from proxy.errors import AppUnavailable
-from proxy.listener.kafka import KafkaListener
-from proxy.listener.offsets import PartitionOffsets
-from proxy.metrics import Metrics
-from proxy.upstream.health import AppHealth
-from proxy.upstream.http import AppConnectError, AppTimeout, HttpUpstream
+from proxy.listener.partitions import PartitionState, Partitions
+from proxy.metrics import Metrics, TopicCounters
+from proxy.upstream.http import AppConnectError, AppTimeout
 
 log = logging.getLogger(__name__)
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-# Records fetched but not done, the whole sidecar's, that backpressure aims at: each costs about
-# 1.1 KB of memory (the record, its headers, its queue and watermark entries; 200-byte values),
-# and a few hundred per partition keep its lane busy between fetches. The budget is split evenly
-# among the assigned partitions (Dispatcher.assigned): a partition at its share is not fetched
-# until it is down to a quarter of it, so one slow partition holds at most about its share (plus
-# one fetch) and leaves the others their room. A fetch asks for the room left, but for at least
-# one share (Dispatcher.room), and the broker may hand it all to one partition: the pending
-# records of the whole sidecar stay under about twice the budget (1,792 at most in
-# tests/integration/test_backpressure.py with 4 partitions).
-MAX_PENDING_RECORDS = 1024
-MIN_PARTITION_SHARE = 32
 # A delivery timeout is logged at most this often per partition (the records behind it time out too).
 TIMEOUT_LOG_INTERVAL = 10.0
-
-
-@dataclass(eq=False, slots=True)
-class PartitionState:
-    """What the sidecar holds for one assigned partition."""
-
-    tp: TopicPartition
-    offsets: PartitionOffsets = field(default_factory=PartitionOffsets)
-    lanes: set[Hashable] = field(default_factory=set)
-    # Lanes of this partition waiting to retry; the partition is paused while any is.
-    retrying: int = 0
-    # Not fetched for now: too many of its records are not done yet (Dispatcher.check_backpressure).
-    backpressured: bool = False
-    # Read before every delivery: a plain attribute, the event is for waits to end on.
-    revoked: bool = field(default=False, init=False)
-    _revoked: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
-
-    def revoke(self) -> None:
-        """Stop this partition's lanes: waits (backoff, app health) end at once."""
-        self.revoked = True
-        self._revoked.set()
-
-    async def sleep_unless_revoked(self, seconds: float) -> None:
-        """Sleep ``seconds``, or less if the partition is revoked meanwhile: a rebalance never
-        waits for a backoff (a ``Retry-After`` may be a minute)."""
-        try:
-            async with asyncio.timeout(seconds):
-                await self._revoked.wait()
-        except TimeoutError:
-            pass
-
-    async def wait_unless_revoked(self, waiter: Awaitable[object]) -> bool:
-        """Await ``waiter`` unless the partition is revoked first; True if it completed."""
-        waiting = asyncio.ensure_future(waiter)
-        revoked = asyncio.ensure_future(self._revoked.wait())
-        try:
-            await asyncio.wait((waiting, revoked), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiting.cancel()
-            revoked.cancel()
-        return not self.revoked
 
 
 @dataclass(eq=False, slots=True)
@@ -110,9 +54,9 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        upstream: HttpUpstream,
-        health: AppHealth,
-        listener: KafkaListener,
+        upstream: Upstream,
+        health: Health,
+        listener: Pauser,
         policy: RetryPolicy,
         dead_letters: DeadLetterWriter | None,
         metrics: Metrics,
@@ -120,7 +64,8 @@ class Dispatcher:
         ordering: str = "partition",
         max_in_flight: int = 16,
         max_record_bytes: int = 1024 * 1024,
-        interop: DeliveryInterop | None = None,
+        envelope: DeliveryEnvelope | None = None,
+        partitions: Partitions | None = None,
     ) -> None:
         self.upstream = upstream
         self.health = health
@@ -129,9 +74,12 @@ class Dispatcher:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.forwarded_headers = forwarded_headers
+        if ordering not in ORDERINGS:
+            raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}, not {ordering!r}")
         self.ordering = ordering
+        self._lane_key = ORDERINGS[ordering]
         self.max_record_bytes = max_record_bytes
-        self.interop = interop
+        self.envelope = envelope
         self.max_in_flight = max_in_flight
         # Free delivery slots, and lanes waiting for one (a semaphore's acquire is a coroutine
         # call per delivery even when a slot is free).
@@ -143,12 +91,8 @@ class Dispatcher:
         self._in_flight = 0
         self._timeouts = LogThrottle(TIMEOUT_LOG_INTERVAL)
         metrics.track_in_flight(lambda: self._in_flight)
-        # Backpressure: partitions not to fetch, each partition's share of MAX_PENDING_RECORDS,
-        # and an event set when a partition leaves ``blocked`` (the fetch loop waits on it).
-        self.blocked: set[TopicPartition] = set()
-        self.unblocked = asyncio.Event()
-        self._high = MAX_PENDING_RECORDS
-        self._low = MAX_PENDING_RECORDS // 4
+        # Marks records done and lets their partitions be fetched again (backpressure).
+        self.partitions = partitions if partitions is not None else Partitions()
 
     def __repr__(self) -> str:
         return f"Dispatcher(ordering={self.ordering!r}, lanes={len(self._lanes)}, in_flight={self._in_flight})"
@@ -159,12 +103,7 @@ class Dispatcher:
 
     def submit(self, state: PartitionState, record: Record) -> None:
         """Queue a record whose offset is already tracked (``state.offsets.begin``)."""
-        if self.ordering == "partition":
-            key: Hashable = state.tp
-        elif self.ordering == "key":
-            key = (state.tp, record.key)
-        else:
-            key = (state.tp, record.offset)
+        key = self._lane_key(state.tp, record)
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane(key, state)
@@ -174,37 +113,6 @@ class Dispatcher:
             self._idle.clear()
         else:
             lane.queue.append(record)
-
-    def room(self, states: Iterable[PartitionState]) -> int:
-        """How many more records may be fetched now (never less than one partition's share:
-        records a fetch brings that are skipped are done at once)."""
-        pending = 0
-        for state in states:
-            pending += state.offsets.pending
-        return max(self._high, MAX_PENDING_RECORDS - pending)
-
-    def assigned(self, partitions: int) -> None:
-        """Split the pending-records budget among the ``partitions`` now assigned."""
-        self._high = max(MIN_PARTITION_SHARE, MAX_PENDING_RECORDS // max(partitions, 1))
-        self._low = self._high // 4
-
-    def check_backpressure(self, state: PartitionState) -> None:
-        """Stop fetching a partition whose undone records pile up; fetch it again once they
-        drain. Not a pause: what the Kafka client holds for it stays there (KafkaListener.fetch)."""
-        pending = state.offsets.pending
-        if pending >= self._high:
-            if not state.backpressured:
-                state.backpressured = True
-                self.blocked.add(state.tp)
-        elif pending <= self._low and state.backpressured:
-            self.release(state)
-
-    def release(self, state: PartitionState) -> None:
-        """Fetch ``state``'s partition again (its records drained, or it was revoked)."""
-        if state.backpressured:
-            state.backpressured = False
-            self.blocked.discard(state.tp)
-            self.unblocked.set()
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every queued record is done; False if ``timeout`` ran out first."""
@@ -257,7 +165,7 @@ class Dispatcher:
     async def _run(self, lane: _Lane) -> None:
         state = lane.state
         queue = lane.queue
-        offsets = state.offsets
+        done_with = self.partitions.done
         try:
             while queue and not state.revoked:
                 record = queue[0]
@@ -274,9 +182,7 @@ class Dispatcher:
                 if not done:
                     break
                 queue.popleft()
-                offsets.done(record.offset)
-                if state.backpressured and offsets.pending <= self._low:
-                    self.release(state)
+                done_with(state, record.offset)
         finally:
             self._lanes.pop(lane.key, None)
             state.lanes.discard(lane.key)
@@ -290,26 +196,7 @@ class Dispatcher:
         value = record.value
         if value is not None and len(value) > self.max_record_bytes:
             return await self._finish_undelivered(state, record, "value_too_large", 0, None)
-        headers, rejected = build_headers(
-            topic=topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp=record.timestamp,
-            key=record.key,
-            record_headers=record.headers,
-            forwarded=self.forwarded_headers,
-        )
-        if value is None:
-            # A tombstone: forwarded with an empty body, marked so the app can tell it from b"".
-            headers["kafka-tombstone"] = "true"
-        # ce-* headers, trace context in OTEL_PROPAGATORS' formats, ktp-delivery (interop.py).
-        scope = self.interop.begin(record, headers, rejected) if self.interop is not None else None
-        for name in rejected:
-            self.metrics.bad_input.labels(topic, f"header_{name}").inc()
-            log.warning(
-                "record %s[%d]@%d: header %r not forwarded (not a safe HTTP field value)",
-                topic, record.partition, record.offset, name,
-            )
+        headers, scope = self._request_headers(record)
         body = value or b""
         attempts = 0
         status: int | None = None
@@ -318,23 +205,12 @@ class Dispatcher:
             while not state.revoked:
                 if not self.health.healthy and not await state.wait_unless_revoked(self.health.wait_healthy()):
                     return False
-                try:
-                    answer = await self.upstream.post(body, headers)
-                except AppConnectError as exc:
-                    # The app is not listening: no attempt is spent, the health gate holds us.
-                    counters.attempts("connection_refused").inc()
-                    self.health.mark_unhealthy(str(exc))
-                    continue
-                except AppTimeout as exc:
-                    verdict, retry_after = Verdict(Outcome.RETRY, "timeout"), None
-                    self._log_timeout(record, attempts + 1, exc)
-                except AppUnavailable:
-                    verdict, retry_after = Verdict(Outcome.RETRY, "connection_error"), None
-                else:
-                    status = answer.status
-                    self.metrics.delivery_duration.observe(answer.seconds)
-                    verdict = classify(answer.status, answer.body, answer.content_type)
-                    retry_after = parse_retry_after(answer.retry_after, time.time()) if answer.retry_after else None
+                tried = await self._attempt(body, headers, counters, record, attempts + 1)
+                if tried is None:
+                    continue  # the app is not listening: no attempt is spent, the health gate holds us
+                verdict, retry_after, answered = tried
+                if answered is not None:
+                    status = answered
                 attempts += 1
                 counters.attempts(verdict.reason).inc()
                 if verdict.outcome is Outcome.DONE:
@@ -364,6 +240,53 @@ class Dispatcher:
                 if state.retrying == 0:
                     self.listener.resume((state.tp,), "retrying")
 
+    def _request_headers(self, record: Record) -> tuple[dict[str, str], DeliveryScope | None]:
+        """The delivery request's headers for ``record``, and its envelope scope (ended by the
+        caller). Record headers that cannot be sent are counted and logged here."""
+        topic = record.topic
+        headers, rejected = build_headers(
+            topic=topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp=record.timestamp,
+            key=record.key,
+            record_headers=record.headers,
+            forwarded=self.forwarded_headers,
+        )
+        if record.value is None:
+            # A tombstone: forwarded with an empty body, marked so the app can tell it from b"".
+            headers["kafka-tombstone"] = "true"
+        # Format headers, trace context in OTEL_PROPAGATORS' formats, ktp-delivery (envelope.py).
+        scope = self.envelope.begin(record, headers, rejected) if self.envelope is not None else None
+        for name in rejected:
+            self.metrics.bad_input.labels(topic, f"header_{name}").inc()
+            log.warning(
+                "record %s[%d]@%d: header %r not forwarded (not a safe HTTP field value)",
+                topic, record.partition, record.offset, name,
+            )
+        return headers, scope
+
+    async def _attempt(
+        self, body: bytes, headers: dict[str, str], counters: TopicCounters, record: Record, attempt: int
+    ) -> tuple[Verdict, float | None, int | None] | None:
+        """One POST: its verdict, the app's ``Retry-After`` (seconds) and status (None without an
+        answer). None when the app is not listening (it is then marked unhealthy)."""
+        try:
+            answer = await self.upstream.post(body, headers)
+        except AppConnectError as exc:
+            counters.attempts("connection_refused").inc()
+            self.health.mark_unhealthy(str(exc))
+            return None
+        except AppTimeout as exc:
+            self._log_timeout(record, attempt, exc)
+            return Verdict(Outcome.RETRY, "timeout"), None, None
+        except AppUnavailable:
+            return Verdict(Outcome.RETRY, "connection_error"), None, None
+        self.metrics.delivery_duration.observe(answer.seconds)
+        verdict = classify(answer.status, answer.body, answer.content_type)
+        retry_after = parse_retry_after(answer.retry_after, time.time()) if answer.retry_after else None
+        return verdict, retry_after, answer.status
+
     def _log_timeout(self, record: Record, attempt: int, exc: AppTimeout) -> None:
         """A timeout is the app's trouble an operator must see (a stalled partition's usual
         cause: an app that takes one connection at a time), so it is a WARNING; throttled per
@@ -371,10 +294,9 @@ class Dispatcher:
         held = self._timeouts.allow((record.topic, record.partition))
         if held is not None:
             log.warning(
-                "delivery of record %s[%d]@%d to %s timed out (attempt %d: %s); the connection was "
-                "closed. If the app serves one connection at a time, set --app-max-concurrency%s",
-                record.topic, record.partition, record.offset, self.upstream.url, attempt, exc,
-                held_back(held),
+                "delivery of record %s[%d]@%d timed out (attempt %d: %s); the connection was closed. "
+                "If the app serves one connection at a time, set --app-max-concurrency%s",
+                record.topic, record.partition, record.offset, attempt, exc, held_back(held),
             )
 
     async def _finish_undelivered(

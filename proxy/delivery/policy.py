@@ -1,6 +1,6 @@
 """What an app's answer means and how long to wait before trying again. Pure logic, no I/O.
 
-App answers (DESIGN.md, "Delivery"):
+App answers:
 
 - 2xx: done, unless a Dapr-style JSON body says ``{"status": "RETRY"}`` or ``"DROP"``;
 - 408, 429, 5xx, timeouts: retried with exponential backoff and jitter, ``Retry-After`` honoured;

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -35,6 +35,7 @@ from aiokafka.structs import ConsumerRecord
 
 from proxy import compat
 from proxy.kafka import KafkaConnection
+from proxy.listener.partitions import Partitions
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,12 @@ WATCH_INTERVAL = 0.1
 LEAVE_TIMEOUT = 5.0
 UNCONFIRMED = "membership_unconfirmed"
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+FETCH_TIMEOUT_MS = 500
+FETCH_MAX_RECORDS = 2000
+# How long a fetch waits for records while some partition is held back by backpressure: a held
+# partition drains its last quarter share in tens of ms at the app's pace, so this lets it be
+# fetched again before its lane runs dry.
+BLOCKED_FETCH_TIMEOUT_MS = 5
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -110,7 +117,8 @@ class KafkaListener:
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
-        """The underlying consumer, for seeks and offset look-ups by the runtime."""
+        """The underlying consumer (for the listener's own use and tests; the runtime uses the
+        methods below)."""
         assert self._consumer is not None, "KafkaListener.start() was not called"
         return self._consumer
 
@@ -182,6 +190,27 @@ class KafkaListener:
         result: Batch = await self.consumer.getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
         return result
 
+    async def fetch_with_room(self, partitions: Partitions, most: int) -> Batch:
+        """The next records (at most ``most``) of the partitions with room for more (backpressure).
+
+        A partition whose undone records reached its share (Partitions.check_backpressure) is
+        left out of the fetch, its next records kept by the Kafka client, so memory stays bounded
+        without the client dropping and fetching them again (what a pause would do). While some
+        partition is left out, fetches wait briefly, so one that drains is fetched again soon;
+        a wait in aiokafka's ``getmany`` cannot be cut short without leaving its bookkeeping off.
+        """
+        blocked = partitions.blocked
+        most = min(most, partitions.room())
+        if not blocked:
+            return await self.fetch(FETCH_TIMEOUT_MS, most)
+        fetchable = [tp for tp in self.assignment() if tp not in blocked]
+        if fetchable:
+            return await self.fetch(BLOCKED_FETCH_TIMEOUT_MS, most, fetchable)
+        unblocked = partitions.unblocked
+        unblocked.clear()
+        await self.wait_for_room(unblocked.wait(), FETCH_TIMEOUT_MS / 1000)
+        return {}
+
     async def wait_for_room(self, waiter: Awaitable[object], timeout: float) -> None:
         """Await ``waiter`` (at most ``timeout`` seconds) while every partition's records wait
         for the app, so there is nothing to fetch.
@@ -230,6 +259,35 @@ class KafkaListener:
     async def committed(self, tp: TopicPartition) -> int | None:
         result: int | None = await self.consumer.committed(tp)
         return result
+
+    async def committed_many(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offset of each of ``tps`` (None: nothing committed)."""
+        return {tp: await self.committed(tp) for tp in tps}
+
+    def seek(self, positions: Mapping[TopicPartition, int]) -> None:
+        """Fetch each partition from the given offset next."""
+        consumer = self.consumer
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
+
+    def rewind(self, batch: Batch) -> None:
+        """Put a fetched batch back: each partition still assigned is fetched again from the
+        batch's first record (nothing of it was tracked, so nothing of it is committed)."""
+        assigned = self.assignment()
+        self.seek({tp: records[0].offset for tp, records in batch.items() if records and tp in assigned})
+
+    async def offsets_at(self, at_ms: int, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Each partition's first offset with a timestamp at or after ``at_ms`` (its end offset
+        when there is none: every record is older)."""
+        tps = list(tps)
+        found = await self.consumer.offsets_for_times({tp: at_ms for tp in tps})
+        past_end = [tp for tp in tps if found.get(tp) is None]
+        ends = await self.consumer.end_offsets(past_end) if past_end else {}
+        positions: dict[TopicPartition, int] = {}
+        for tp in tps:
+            hit = found.get(tp)
+            positions[tp] = hit.offset if hit is not None else ends[tp]
+        return positions
 
     def assignment(self) -> frozenset[TopicPartition]:
         if self._consumer is None:

@@ -3,7 +3,7 @@
 A *route* is one tenant's mapping ``{service: sandbox}`` and the time it takes effect
 (``effective_from``). The table keeps, per tenant, the routes in the order they took effect, so a
 record is decided by the route that was in force at the record's timestamp, not by whatever was
-written last (DESIGN.md, "Routes are judged at the record's time"). A deleted tenant is a route
+written last: routes are judged at the record's time. A deleted tenant is a route
 with no services.
 
 Pure data, no I/O: route sources (``routing/sources``) build and update it.

@@ -1,6 +1,6 @@
 """The route filter: decides, per record, whether this pod's version handles it.
 
-For a pod of service S (DESIGN.md, "Decision rule"):
+For a pod of service S (the decision rule):
 
 - sandbox pod X: deliver iff the record's tenant is routed S → X at the record's time;
 - baseline pod:  deliver iff the record has no tenant, or its tenant has no route for S then.

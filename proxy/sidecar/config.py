@@ -18,7 +18,8 @@ from proxy.config import (
     parse_positive_int,
 )
 from proxy.delivery.headers import check_forward_headers
-from proxy.delivery.interop import FORMATS
+from proxy.delivery.formats import FORMATS
+from proxy.delivery.ordering import ORDERINGS
 from proxy.delivery.policy import DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS
 from proxy.errors import ConfigError
 from proxy.kafka import KAFKA_OPTIONS, KafkaConnection
@@ -46,7 +47,6 @@ DEFAULT_APP_TIMEOUT = 10.0
 DEFAULT_SESSION_TIMEOUT = 10.0
 BASELINE_DEAD_LETTER = "{topic}.dlq"
 SANDBOX_DEAD_LETTER = "{topic}.{sandbox}.dlq"
-ORDERINGS = ("partition", "key", "none")
 # Kafka's rule for group.instance.id (the same as for topic names); a pod name always passes.
 INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -82,7 +82,7 @@ SIDECAR_OPTIONS = (
         "can delete the group once no route references the sandbox",
         DEFAULT_GROUPS_TOPIC,
     ),
-    Option("ordering", "delivery order: per partition, per key, or none", "partition", choices=ORDERINGS),
+    Option("ordering", "delivery order: per partition, per key, or none", "partition", choices=tuple(ORDERINGS)),
     Option("max-in-flight", "deliveries in flight at once", DEFAULT_MAX_IN_FLIGHT, parse=parse_positive_int),
     Option(
         "app-max-concurrency",
@@ -129,7 +129,7 @@ SIDECAR_OPTIONS = (
         "how deliveries are sent: raw (the record as it is) or cloudevents (CloudEvents HTTP binary "
         "mode by Knative KafkaSource's mapping; records that are CloudEvents pass through)",
         "raw",
-        choices=FORMATS,
+        choices=tuple(FORMATS),
     ),
     Option(
         "publish-headers",

@@ -16,7 +16,7 @@ import signal
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry.trace import TracerProvider
@@ -25,31 +25,28 @@ from proxy.admin.decisions import RecentDecisions
 from proxy.admin.server import HttpServer, admin_routes, metrics_routes
 from proxy.backoff import Backoff, retry_connect
 from proxy.delivery.dead_letter import DeadLetterWriter
-from proxy.delivery.dispatcher import PartitionState, Dispatcher
+from proxy.delivery.dispatcher import Dispatcher
 from proxy.delivery.headers import forwarded_header_names
 from proxy.delivery.policy import RetryPolicy
-from proxy.kafka import KafkaConnection, client_ssl_context
-from proxy.listener.kafka import Batch, KafkaListener
-from proxy.listener.progress import StallDetector
+from proxy.kafka import client_ssl_context
+from proxy.errors import BrokerError, ConfigError
+from proxy.listener.kafka import FETCH_MAX_RECORDS, Batch, KafkaListener, PartitionsCallback
+from proxy.listener.partitions import Partitions, PartitionState
+from proxy.listener.start_position import committed_offsets, position_new_sandbox_group
 from proxy.metrics import Metrics
-from proxy.routing.filter import Decided, RouteFilter
-from proxy.errors import BrokerError, ConfigError, RouteSourceError
 from proxy.routeservice.groups import SandboxGroup, register_sandbox_group
+from proxy.routing.filter import Decided, RouteFilter
 from proxy.routing.sources import CatchUpRouteSource, RouteSource, create_route_source
-from proxy.routing.tenant import BAGGAGE_HEADER, TenantExtractor, baggage_value
+from proxy.routing.tenant import BAGGAGE_HEADER, TenantExtractor
 from proxy.sidecar.config import SidecarConfig
-from proxy.sidecar.interop import build_interop
+from proxy.sidecar.gauges import PartitionGauges
+from proxy.sidecar.context_parts import build_context_parts
+from proxy.sidecar.routes_gate import ROUTES_BEHIND, RoutesGate
 from proxy.upstream.health import AppHealth
 from proxy.upstream.http import HttpUpstream
 
 log = logging.getLogger(__name__)
 
-FETCH_TIMEOUT_MS = 500
-FETCH_MAX_RECORDS = 2000
-# How long a fetch waits for records while some partition is held back by backpressure: a held
-# partition drains its last quarter share in tens of ms at the app's pace, so this lets it be
-# fetched again before its lane runs dry.
-BLOCKED_FETCH_TIMEOUT_MS = 5
 # One fetch response's bytes (aiokafka's default is 50 MiB). The records of a response sit in the
 # sidecar's memory until delivered, so this bounds its footprint; 1 MiB is ~3,000 records of
 # 200 bytes, more than a fetch round trip's worth at the rates one app takes. Brokers that ignore
@@ -62,11 +59,6 @@ KAFKA_RETRY_MAX = 10.0
 
 def _fmt_tp(tp: TopicPartition) -> str:
     return f"{tp.topic}[{tp.partition}]"
-
-
-def _fmt_offsets(offsets: dict[TopicPartition, int | None]) -> str:
-    """``orders[0]@12, orders[1]@none`` rather than aiokafka's TopicPartition reprs."""
-    return ", ".join(f"{_fmt_tp(tp)}@{offset}" for tp, offset in sorted(offsets.items())) or "none"
 
 
 def _clock(at: float) -> str:
@@ -82,17 +74,46 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-async def committed_offsets(
-    connection: KafkaConnection, group: str, tps: list[TopicPartition]
-) -> dict[TopicPartition, int | None]:
-    """Another group's committed offsets (OffsetFetch), without joining it."""
-    consumer = AIOKafkaConsumer(**connection.client_kwargs(), group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return {tp: await consumer.committed(tp) for tp in tps}
-    finally:
-        await consumer.stop()
+__all__ = ["FETCH_MAX_RECORDS", "Sidecar", "committed_offsets", "freeze_startup_objects"]
 
+
+def group_listener(
+    config: SidecarConfig, *, on_assigned: PartitionsCallback, on_revoked: PartitionsCallback
+) -> KafkaListener:
+    """The consumer group member of ``config``'s service (and sandbox)."""
+    return KafkaListener(
+        config.kafka,
+        group=config.consumer_group,
+        topics=config.topics,
+        on_assigned=on_assigned,
+        on_revoked=on_revoked,
+        auto_offset_reset=config.auto_offset_reset,
+        client_id=f"ktp-{config.service}" + (f"-{config.sandbox}" if config.sandbox else ""),
+        group_instance_id=config.instance_id,
+        consumer_options={
+            "session_timeout_ms": int(config.session_timeout * 1000),
+            # Kafka's rule of thumb: heartbeat at most a third of the session timeout.
+            "heartbeat_interval_ms": int(min(3.0, config.session_timeout / 3) * 1000),
+            "fetch_max_bytes": FETCH_MAX_BYTES,
+        },
+    )
+
+
+def dead_letter_writer(config: SidecarConfig) -> DeadLetterWriter | None:
+    """The dead-letter producer, or None when dead letters are off."""
+    if config.dead_letter_template is None:
+        return None
+    return DeadLetterWriter(
+        config.kafka,
+        topic_for=config.dead_letter_topic_for,
+        service=config.service,
+        sandbox=config.sandbox,
+    )
+
+
+def retry_policy(config: SidecarConfig) -> RetryPolicy:
+    """Delivery retries as configured (attempts, backoff bounds)."""
+    return RetryPolicy(max_attempts=config.max_attempts, initial=config.backoff_initial, maximum=config.backoff_max)
 
 
 class Sidecar:
@@ -118,10 +139,6 @@ class Sidecar:
             token_file=config.routes_token_file,
             cafile=config.routes_cafile,
         )
-        # kafka: and http: sources can be brought up to date on demand; file: cannot.
-        self._catch_up_source = (
-            self.route_source if isinstance(self.route_source, CatchUpRouteSource) else None
-        )
         self.table = self.route_source.table
         self.extractor = TenantExtractor(config.tenant_key)
         self.filter = RouteFilter(config.service, config.sandbox, self.table, self.extractor)
@@ -139,50 +156,31 @@ class Sidecar:
             token=config.app_token(),
             ssl_context=app_tls,
         )
-        self.dead_letters = (
-            DeadLetterWriter(
-                config.kafka,
-                topic_for=config.dead_letter_topic_for,
-                service=config.service,
-                sandbox=config.sandbox,
-            )
-            if config.dead_letter_template is not None
+        self.dead_letters = dead_letter_writer(config)
+        self.listener = group_listener(config, on_assigned=self._assigned, on_revoked=self._revoked)
+        self.partitions = Partitions()
+        # kafka: and http: sources can be brought up to date on demand; file: cannot.
+        source = self.route_source
+        self.routes_gate = (
+            RoutesGate(source, self.extractor, self.listener, self.metrics)
+            if isinstance(source, CatchUpRouteSource)
             else None
         )
-        self.listener = KafkaListener(
-            config.kafka,
-            group=config.consumer_group,
-            topics=config.topics,
-            on_assigned=self._assigned,
-            on_revoked=self._revoked,
-            auto_offset_reset=config.auto_offset_reset,
-            client_id=f"ktp-{config.service}" + (f"-{config.sandbox}" if config.sandbox else ""),
-            group_instance_id=config.instance_id,
-            consumer_options={
-                "session_timeout_ms": int(config.session_timeout * 1000),
-                # Kafka's rule of thumb: heartbeat at most a third of the session timeout.
-                "heartbeat_interval_ms": int(min(3.0, config.session_timeout / 3) * 1000),
-                "fetch_max_bytes": FETCH_MAX_BYTES,
-            },
-        )
         # Publish endpoint, ktp-delivery contexts, CloudEvents, propagators, spans.
-        self.interop = build_interop(config, self.metrics, tracer_provider=tracer_provider)
+        self.context_parts = build_context_parts(config, self.metrics, tracer_provider=tracer_provider)
         self.dispatcher = Dispatcher(
             upstream=self.upstream,
             health=self.health,
             listener=self.listener,
-            policy=RetryPolicy(
-                max_attempts=config.max_attempts,
-                initial=config.backoff_initial,
-                maximum=config.backoff_max,
-            ),
+            policy=retry_policy(config),
             dead_letters=self.dead_letters,
             metrics=self.metrics,
             forwarded_headers=forwarded_header_names(extra=config.forward_headers),
             ordering=config.ordering,
             max_in_flight=config.app_concurrency,
             max_record_bytes=config.max_record_bytes,
-            interop=self.interop.delivery,
+            envelope=self.context_parts.delivery,
+            partitions=self.partitions,
         )
         self.admin = HttpServer(
             config.admin_addr,
@@ -197,12 +195,7 @@ class Sidecar:
             name="admin",
         )
         self.metrics_server = HttpServer(config.metrics_addr, metrics_routes(self._render_metrics), name="metrics")
-        self._partitions: dict[TopicPartition, PartitionState] = {}
-        # Set while the route source cannot catch up: consumption is paused (see _routes_cover).
-        self._routes_behind_since: float | None = None
-        self._next_routes_try = 0.0
-        self.stalls: StallDetector[TopicPartition] = StallDetector(config.stall_timeout)
-        self._gauged: set[TopicPartition] = set()
+        self.gauges = PartitionGauges(self.metrics, self.listener, self.partitions, self.table, config.stall_timeout)
         self._recent = RecentDecisions()
         self._stopping = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -224,7 +217,7 @@ class Sidecar:
     async def start(self) -> None:
         log.info("starting %r", self)
         for part in (
-            self.metrics_server, self.admin, self.interop.publish, self.route_source, self.health, self.upstream
+            self.metrics_server, self.admin, self.context_parts.publish, self.route_source, self.health, self.upstream
         ):
             self._started.append(part)  # before start(): a half-started part is stopped too
             await part.start()
@@ -277,38 +270,17 @@ class Sidecar:
 
     async def run(self) -> None:
         """Fetch, decide and dispatch until :meth:`request_stop`."""
+        gate = self.routes_gate
+        partitions = self.partitions
+        listener = self.listener
         while not self._stopping.is_set():
-            batch = await self._fetch()
-            if self._catch_up_source is not None:
-                if self._routes_behind_since is not None:
-                    await self._retry_routes()
-                if batch and not await self._routes_cover(batch):
-                    continue
+            batch = await listener.fetch_with_room(partitions, FETCH_MAX_RECORDS)
+            if gate is not None and not await gate.admit(batch):
+                continue  # put back until the routes can be read
             for tp, records in batch.items():
-                state = self._partitions.get(tp)
+                state = partitions.get(tp)
                 if state is not None and not state.revoked:
                     self._handle(state, records)
-
-    async def _fetch(self) -> Batch:
-        """The next records of the partitions with room for more (backpressure).
-
-        A partition whose undone records reached its share (Dispatcher.check_backpressure) is
-        left out of the fetch, its next records kept by the Kafka client, so memory stays bounded
-        without the client dropping and fetching them again (what a pause would do). While some
-        partition is left out, fetches wait briefly, so one that drains is fetched again soon;
-        a wait in aiokafka's ``getmany`` cannot be cut short without leaving its bookkeeping off.
-        """
-        blocked = self.dispatcher.blocked
-        most = min(FETCH_MAX_RECORDS, self.dispatcher.room(self._partitions.values()))
-        if not blocked:
-            return await self.listener.fetch(FETCH_TIMEOUT_MS, most)
-        fetchable = [tp for tp in self.listener.assignment() if tp not in blocked]
-        if fetchable:
-            return await self.listener.fetch(BLOCKED_FETCH_TIMEOUT_MS, most, fetchable)
-        unblocked = self.dispatcher.unblocked
-        unblocked.clear()
-        await self.listener.wait_for_room(unblocked.wait(), FETCH_TIMEOUT_MS / 1000)
-        return {}
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -319,7 +291,7 @@ class Sidecar:
         drained = await self.dispatcher.drain(self.config.drain_timeout)
         if not drained:
             log.warning("drain timeout (%.1fs): abandoning undelivered records", self.config.drain_timeout)
-        await self.dispatcher.settle(list(self._partitions.values()), REVOKE_TIMEOUT)
+        await self.dispatcher.settle(list(self.partitions), REVOKE_TIMEOUT)
         if self._commit_task is not None:
             self._commit_task.cancel()
             try:
@@ -339,34 +311,7 @@ class Sidecar:
     async def serve(self) -> int:
         """Run until SIGTERM/SIGINT, then stop gracefully. A signal during start-up abandons the
         start; a second signal abandons the graceful stop."""
-        loop = asyncio.get_running_loop()
-        main = asyncio.current_task()
-        assert main is not None
-        signals = 0
-        running = False
-
-        def on_signal(signum: int) -> None:
-            nonlocal signals
-            signals += 1
-            log.info("received %s", signal.Signals(signum).name)
-            self.request_stop()
-            if signals > 1 or not running:
-                main.cancel()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
-        try:
-            await self.start()
-            running = True
-            freeze_startup_objects()
-            await self.run()
-        except asyncio.CancelledError:
-            if not signals:
-                raise
-            main.uncancel()
-        finally:
-            await self.stop()
-        return 0
+        return await serve_until_signalled(self)
 
     async def __aenter__(self) -> Sidecar:
         await self.start()
@@ -377,76 +322,6 @@ class Sidecar:
         self.request_stop()
         await self._run_task
         await self.stop()
-
-    async def _routes_cover(self, batch: Batch) -> bool:
-        """Make the route table complete up to the newest record of ``batch`` before deciding it.
-
-        Routes are judged at the record's time (DESIGN.md): a record with a tenant, newer than
-        what the table is known to hold, may belong to a route written just now, so the source
-        catches up first (one round trip, shared by concurrent callers, at most once per batch; a
-        batch whose newer records carry no tenant needs none, see :meth:`_tenants_after`). Records from
-        clocks ahead of ours are decided once the catch-up returns.
-
-        If the routes cannot be read, deciding on a table that may miss a new route could let
-        baseline and sandbox both handle (or both skip) a record. So the batch is put back (each
-        partition rewound to its first record, nothing of it tracked or committed) and every
-        partition paused until the routes are readable again; polling goes on meanwhile, so the
-        group membership and heartbeats are kept. Returns False when the batch was put back.
-        """
-        source = self._catch_up_source
-        assert source is not None
-        synced_at_ms = source.synced_at_ms
-        newest = max(records[-1].timestamp for records in batch.values())
-        if newest <= synced_at_ms or not self._tenants_after(batch, synced_at_ms):
-            return True
-        if self._routes_behind_since is None:
-            try:
-                await source.catch_up(newest)
-                return True
-            except RouteSourceError as exc:
-                self._route_source_failed(f"catching up failed: {exc}")
-                log.warning("routes could not catch up (%s); pausing consumption until they can", exc)
-                self._routes_behind_since = time.monotonic()
-                self._next_routes_try = self._routes_behind_since + KAFKA_RETRY_INITIAL
-                self.listener.pause(self.listener.assignment(), "routes_behind")
-        consumer = self.listener.consumer
-        for tp, records in batch.items():
-            if tp in self.listener.assignment():
-                consumer.seek(tp, records[0].offset)
-        return False
-
-    def _tenants_after(self, batch: Batch, since_ms: int) -> bool:
-        """Whether some record of ``batch`` newer than ``since_ms`` carries a tenant. Records
-        without one (no baggage, no tenant key, or baggage we cannot read) are decided without
-        the routes (baseline takes them, sandboxes skip them), so a batch of only those needs no
-        catch-up: in a shared environment most traffic is such, and it keeps flowing even while
-        the routes cannot be read. Timestamps within a partition need not grow (several
-        producers), so every record is looked at; the tenant comes from the extractor's cache."""
-        from_baggage = self.extractor.from_baggage
-        return any(
-            record.timestamp > since_ms and from_baggage(baggage_value(record.headers)).tenant is not None
-            for records in batch.values()
-            for record in records
-        )
-
-    async def _retry_routes(self) -> None:
-        """While the routes are behind: try a catch-up now and then; resume when one succeeds."""
-        source = self._catch_up_source
-        assert source is not None and self._routes_behind_since is not None
-        now = time.monotonic()
-        if now < self._next_routes_try:
-            return
-        try:
-            await source.catch_up()
-        except RouteSourceError as exc:
-            self._route_source_failed(f"catching up failed: {exc}")
-            waited = now - self._routes_behind_since
-            self._next_routes_try = now + min(KAFKA_RETRY_MAX, max(KAFKA_RETRY_INITIAL, waited))
-            log.warning("routes still cannot be read after %.0fs: %s", waited, exc)
-            return
-        log.info("routes readable again after %.1fs; resuming", now - self._routes_behind_since)
-        self._routes_behind_since = None
-        self.listener.resume(self.listener.assignment(), "routes_behind")
 
     # -- the hot path ----------------------------------------------------------------------------
 
@@ -493,10 +368,10 @@ class Sidecar:
         for reason, count in skipped.items():
             counters.skipped(reason).inc(count)
         self._recent.add(topic, tp.partition, records, decided)
-        if self.interop.tracing.enabled:
+        if self.context_parts.tracing.enabled:
             # Once per batch, after the loop: tracing off adds nothing per record.
-            self.interop.tracing.decided(topic, tp.partition, records, decided)
-        self.dispatcher.check_backpressure(state)
+            self.context_parts.tracing.decided(topic, tp.partition, records, decided)
+        self.partitions.check_backpressure(state)
 
     def _bad_baggage(self, topic: str, record: ConsumerRecord[bytes, bytes], entry: Decided) -> None:
         problem = entry.lookup.problem
@@ -509,109 +384,50 @@ class Sidecar:
     # -- partitions and commits ------------------------------------------------------------------
 
     async def _assigned(self, assigned: frozenset[TopicPartition]) -> None:
-        for tp in assigned:
-            if tp not in self._partitions:
-                self._partitions[tp] = PartitionState(tp)
-        self.dispatcher.assigned(len(self._partitions))
+        self.partitions.add(assigned)
         if not self.health.healthy:
             self.listener.pause(assigned, "app_unhealthy")
-        if self._routes_behind_since is not None:
-            self.listener.pause(assigned, "routes_behind")
+        if self.routes_gate is not None and self.routes_gate.behind:
+            self.listener.pause(assigned, ROUTES_BEHIND)
         if self.config.sandbox is not None and assigned:
-            await self._position_new_sandbox_group(assigned)
-
-    async def _position_new_sandbox_group(self, assigned: frozenset[TopicPartition]) -> None:
-        """Where a sandbox group with no committed offset starts (DESIGN.md, "Offsets and
-        lifecycle"): at ``effective_from`` of the earliest route that sends a tenant to this
-        sandbox, so a sandbox pod started after its route still gets every record of its tenants;
-        with no such route, at the baseline group's committed offsets."""
-        consumer = self.listener.consumer
-        fresh = [tp for tp in sorted(assigned) if await consumer.committed(tp) is None]
-        if not fresh:
-            return
-        assert self.config.sandbox is not None
-        since = self.table.routed_since(self.config.service, self.config.sandbox)
-        if since is not None:
-            found = await consumer.offsets_for_times({tp: since for tp in fresh})
-            past_end = [tp for tp in fresh if found.get(tp) is None]
-            ends = await consumer.end_offsets(past_end) if past_end else {}
-            positions = {}
-            for tp in fresh:
-                hit = found.get(tp)
-                positions[tp] = hit.offset if hit is not None else ends[tp]
-                consumer.seek(tp, positions[tp])
-            log.info("new sandbox group starts at routes' effective_from %d: %s", since, _fmt_offsets(positions))
-            return
-        baseline = await committed_offsets(self.config.kafka, self.config.group, fresh)
-        for tp, offset in baseline.items():
-            if offset is not None:
-                consumer.seek(tp, offset)
-        log.info("new sandbox group starts at the baseline group's offsets: %s", _fmt_offsets(baseline))
+            service, sandbox = self.config.service, self.config.sandbox
+            await position_new_sandbox_group(
+                self.listener,
+                assigned,
+                routed_since=lambda: self.table.routed_since(service, sandbox),
+                connection=self.config.kafka,
+                baseline_group=self.config.group,
+            )
 
     async def _revoked(self, revoked: frozenset[TopicPartition]) -> None:
-        states = [self._partitions[tp] for tp in revoked if tp in self._partitions]
+        states = self.partitions.of(revoked)
         await self.dispatcher.settle(states, REVOKE_TIMEOUT)
         await self.commit(revoked)
-        for state in states:
-            state.offsets.abandon()
-            self.dispatcher.release(state)
-            self._partitions.pop(state.tp, None)
-        self.dispatcher.assigned(len(self._partitions))
+        self.partitions.remove(states)
 
     async def commit(self, only: frozenset[TopicPartition] | None = None) -> None:
         """Commit the done watermark of every partition (or of ``only``) that moved."""
         async with self._commit_lock:
-            offsets = {
-                tp: state.offsets.position
-                for tp, state in self._partitions.items()
-                if state.offsets.dirty and (only is None or tp in only)
-            }
+            offsets = self.partitions.commit_positions(only)
             if not offsets:
                 return
             try:
-                await self.listener.commit(offsets)  # type: ignore[arg-type]
+                await self.listener.commit(offsets)
             except KafkaError as exc:
                 self.metrics.commits.labels("failed").inc()
                 log.warning("commit failed (the records will be redelivered): %r", exc)
                 return
             self.metrics.commits.labels("ok").inc()
-            for tp, position in offsets.items():
-                state = self._partitions.get(tp)
-                if state is not None and position is not None:
-                    state.offsets.mark_committed(position)
+            self.partitions.mark_committed(offsets)
 
     async def _commit_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.commit_interval)
             try:
                 await self.commit()
-                self._update_gauges()
+                self.gauges.update()
             except Exception:  # keep committing whatever one round hit
                 log.exception("commit round failed")
-
-    def _update_gauges(self) -> None:
-        m = self.metrics
-        now = time.monotonic()
-        for tp in self._gauged - self._partitions.keys():
-            # Revoked: its new owner reports it; a frozen last value would mislead alerts.
-            labels = (tp.topic, str(tp.partition))
-            m.consumer_lag.remove(*labels)
-            m.partition_stalled.remove(*labels)
-            self.stalls.forget(tp)
-            self._gauged.discard(tp)
-        for tp, state in self._partitions.items():
-            highwater = self.listener.highwater(tp)
-            position = state.offsets.position
-            if highwater is None or position is None:
-                continue
-            lag = max(highwater - position, 0)
-            self.stalls.observe(tp, position, lag, now)
-            labels = (tp.topic, str(tp.partition))
-            m.consumer_lag.labels(*labels).set(lag)
-            m.partition_stalled.labels(*labels).set(1 if self.stalls.is_stalled(tp, now) else 0)
-            self._gauged.add(tp)
-        self.metrics.route_tenants.set(len(self.table))
-        self.metrics.route_table_version.set(self.table.version)
 
     def _app_health_changed(self, healthy: bool) -> None:
         self.metrics.app_healthy.set(1 if healthy else 0)
@@ -630,7 +446,7 @@ class Sidecar:
         checks = {
             "group_joined": self.listener.joined,
             "partitions_positioned": self.listener.joined and not self.listener.unpositioned(),
-            "routes_synced": self.table.synced and self._routes_behind_since is None,
+            "routes_synced": self.table.synced and not (self.routes_gate is not None and self.routes_gate.behind),
             "app_healthy": self.health.healthy,
             "stopping": self._stopping.is_set(),
         }
@@ -666,9 +482,12 @@ class Sidecar:
             source = self.route_source.describe()
             problem = self._routes_problem
             last = f"; last error at {_clock(problem[1])}: {problem[0]}" if problem else ""
-            if self._routes_behind_since is not None:
-                behind = time.monotonic() - self._routes_behind_since
-                reasons["routes_synced"] = f"routes from {source} could not catch up for {behind:.0f}s; consumption paused{last}"
+            gate = self.routes_gate
+            if gate is not None and gate.behind_since is not None:
+                behind = time.monotonic() - gate.behind_since
+                reasons["routes_synced"] = (
+                    f"routes from {source} could not catch up for {behind:.0f}s, consumption paused: {gate.last_error}"
+                )
             else:
                 reasons["routes_synced"] = f"routes from {source} not read completely yet{last}"
         if not checks["app_healthy"]:
@@ -688,25 +507,7 @@ class Sidecar:
         readiness, so an unready pod keeps its partitions anyway, and a stalled partition is most
         often the app's or a record's problem, which a rollout (held back by unready pods) may
         be fixing. It is reported here and by ``ktp_partition_stalled`` for alerting."""
-        self._update_gauges()
-        now = time.monotonic()
-        stalled = {
-            f"{tp.topic}[{tp.partition}]": {
-                "seconds": round(stall.seconds, 1),
-                "position": stall.position,
-                "lag": stall.lag,
-                "paused": sorted(self._pause_reasons(tp)),
-            }
-            for tp, stall in sorted(self.stalls.stalled(now).items(), key=lambda item: item[0])
-        }
-        return {"stalled_partitions": stalled, "stall_timeout": self.config.stall_timeout}
-
-    def _pause_reasons(self, tp: TopicPartition) -> set[str]:
-        """Why ``tp`` is not fetched: the listener's pauses, and backpressure."""
-        reasons = set(self.listener.paused(tp))
-        if tp in self.dispatcher.blocked:
-            reasons.add("backpressure")
-        return reasons
+        return self.gauges.stalled_detail()
 
     def _routes_view(self) -> dict[str, Any]:
         return {"source": self.route_source.describe(), **self.table.snapshot()}
@@ -716,5 +517,37 @@ class Sidecar:
         return self._recent.view()
 
     def _render_metrics(self) -> bytes:
-        self._update_gauges()
+        self.gauges.update()
         return self.metrics.render()
+
+
+async def serve_until_signalled(sidecar: Sidecar) -> int:
+    """:meth:`Sidecar.serve`: start, run and stop ``sidecar``, driven by SIGTERM/SIGINT."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    signals = 0
+    running = False
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        log.info("received %s", signal.Signals(signum).name)
+        sidecar.request_stop()
+        if signals > 1 or not running:
+            main.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await sidecar.start()
+        running = True
+        freeze_startup_objects()
+        await sidecar.run()
+    except asyncio.CancelledError:
+        if not signals:
+            raise
+        main.uncancel()
+    finally:
+        await sidecar.stop()
+    return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from proxy.delivery.dispatcher import MAX_PENDING_RECORDS, PartitionState
+from proxy.listener.partitions import MAX_PENDING_RECORDS, PartitionState
 from proxy.listener.kafka import Batch
 from proxy.sidecar.runtime import FETCH_MAX_RECORDS, Sidecar
 from proxy.testing.app import Received, RecordingApp
@@ -94,16 +94,16 @@ class Watch:
     def install(self) -> None:
         """Wrap, on this sidecar's instances only, the calls to watch."""
         sidecar = self.sidecar
-        dispatcher, listener = sidecar.dispatcher, sidecar.listener
+        held, listener = sidecar.partitions, sidecar.listener
 
-        check = dispatcher.check_backpressure
+        check = held.check_backpressure
 
         def check_backpressure(state: PartitionState) -> None:
             # Called once after every handled batch (Sidecar._handle): pending only grows there.
             self.max_batch_pending = max(self.max_batch_pending, self.total_pending())
             check(state)
 
-        dispatcher.check_backpressure = check_backpressure  # type: ignore[method-assign]
+        held.check_backpressure = check_backpressure  # type: ignore[method-assign]
 
         pause = listener.pause
 
@@ -117,7 +117,7 @@ class Watch:
         fetch = listener.fetch
 
         async def recording_fetch(timeout_ms: int, max_records: int, partitions: Iterable[TopicPartition] = ()) -> Batch:
-            blocked = frozenset(dispatcher.blocked)
+            blocked = frozenset(held.blocked)
             asked = tuple(partitions)
             batch = await fetch(timeout_ms, max_records, asked)
             if blocked:
@@ -131,7 +131,7 @@ class Watch:
         listener.fetch = recording_fetch  # type: ignore[method-assign]
 
     def total_pending(self) -> int:
-        return sum(s.offsets.pending for s in self.sidecar._partitions.values())
+        return sum(s.offsets.pending for s in self.sidecar.partitions)
 
     async def run(self) -> None:
         sidecar = self.sidecar
@@ -139,7 +139,7 @@ class Watch:
             now = time.monotonic()
             self.samples += 1
             self.max_sampled_pending = max(self.max_sampled_pending, self.total_pending())
-            blocked = set(sidecar.dispatcher.blocked)
+            blocked = set(sidecar.partitions.blocked)
             self.ever_blocked |= blocked
             assigned = sidecar.listener.assignment()
             for tp in assigned:

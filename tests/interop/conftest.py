@@ -111,7 +111,7 @@ class PublishingApp:
     async def _publish_for(self, seen: Received) -> None:
         headers = {"ktp-delivery": seen.headers["ktp-delivery"], **self.extra}
         assert self.sidecar is not None
-        url = f"{self.sidecar.interop.publish.url}/{self.out_topic}"
+        url = f"{self.sidecar.context_parts.publish.url}/{self.out_topic}"
         self.published.append(await publish(url, b"handled:" + seen.body, headers))
 
     async def _later(self, seen: Received) -> None:

@@ -62,7 +62,7 @@ async def test_b3_round_trip(
             published = await first_app.wait_published(2)
             # An app with B3 instrumentation of its own publishes its own context.
             direct = await publish(
-                f"{first.interop.publish.url}/{out}", b"direct", {**b3_headers(format, TRACE_C, SPAN_C), "baggage": "tenant=555"}
+                f"{first.context_parts.publish.url}/{out}", b"direct", {**b3_headers(format, TRACE_C, SPAN_C), "baggage": "tenant=555"}
             )
             await next_app.wait_for(3)
     assert [p.status for p in published] == [204, 204] and direct.status == 204

@@ -83,7 +83,7 @@ async def test_publishing_after_answering_works_within_the_grace_and_not_after(
             (published,) = await app.wait_published(1)
             delivery = app.received[0].headers["ktp-delivery"]
             await asyncio.sleep(1.2)
-            url = f"{sidecar.interop.publish.url}/{out}"
+            url = f"{sidecar.context_parts.publish.url}/{out}"
             expired = await publish(url, b"too late", {"ktp-delivery": delivery})
             unknown = await publish(url, b"never", {"ktp-delivery": "no-such-delivery"})
     assert published.status == 204, published.body
@@ -106,7 +106,7 @@ async def test_a_sandbox_pods_default_tenant_routes_its_batch_records(
         base = Sidecar(sidecar_config(bootstrap_servers, topic, base_app.url, routes))
         sandbox = Sidecar(sidecar_config(bootstrap_servers, topic, sandbox_app.url, routes, sandbox="pr-42"))
         async with producer_pod, base, sandbox:
-            url = f"{producer_pod.interop.publish.url}/{topic}"
+            url = f"{producer_pod.context_parts.publish.url}/{topic}"
             stamped = await publish(url, b"nightly", {"kafka-key": "job%2F1", "content-type": "text/plain"})
             own = await publish(url, b"explicit", {"baggage": "tenant=other"})
             (got,) = await sandbox_app.wait_for(1)

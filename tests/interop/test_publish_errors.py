@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from proxy.metrics import Metrics
-from proxy.sidecar.interop import build_interop
+from proxy.sidecar.context_parts import build_context_parts
 from proxy.testing.broker import EmbeddedBroker, free_port
 from tests.conftest import create_topic, sidecar_config
 from tests.interop.conftest import publish, raw_request, read_all, routes_file
@@ -17,7 +17,7 @@ from tests.interop.conftest import publish, raw_request, read_all, routes_file
 def publish_server(bootstrap_servers: str, topic: str, tmp_path: Path, **overrides: object):  # type: ignore[no-untyped-def]
     """A sidecar's publish endpoint on its own (its listener is not needed here)."""
     config = sidecar_config(bootstrap_servers, topic, "http://127.0.0.1:9/events", routes_file(tmp_path), **overrides)
-    return build_interop(config, Metrics()).publish
+    return build_context_parts(config, Metrics()).publish
 
 
 async def wait_connected(server) -> None:  # type: ignore[no-untyped-def]

@@ -82,7 +82,7 @@ async def test_sidecar_consumes_delivers_commits_and_dead_letters_over_mtls(
             await app.wait_for(20)
 
             async def all_done() -> bool:
-                return sum(state.offsets.position or 0 for state in sidecar._partitions.values()) == 21
+                return sum(state.offsets.position or 0 for state in sidecar.partitions) == 21
 
             await eventually(all_done, what="every record done")
             metrics = sidecar.metrics.render().decode()

@@ -63,7 +63,7 @@ async def test_a_2mb_value_and_1000_headers_are_each_decided_and_counted(
 
             async def committed_all() -> bool:
                 await sidecar.commit()
-                return sum(s.offsets.position or 0 for s in sidecar._partitions.values()) == 4
+                return sum(s.offsets.position or 0 for s in sidecar.partitions) == 4
 
             await eventually(committed_all, timeout=30, what="all four records done and committed")
             metrics = sidecar.metrics.render().decode()

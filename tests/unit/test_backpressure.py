@@ -1,9 +1,7 @@
-"""Backpressure bookkeeping of the Dispatcher, without a broker or an app: the pending-records
-budget split among the assigned partitions, the hysteresis between holding a partition back and
-fetching it again, and how much one fetch may ask for.
-
-The Dispatcher is built from its real parts; none of them is started (no connection is made):
-backpressure only reads each partition's pending count and keeps ``blocked``/``unblocked``.
+"""Backpressure bookkeeping of the assigned partitions (proxy.listener.partitions.Partitions),
+without a broker or an app: the pending-records budget split among the assigned partitions, the
+hysteresis between holding a partition back and fetching it again, and how much one fetch may
+ask for.
 """
 
 from __future__ import annotations
@@ -11,42 +9,29 @@ from __future__ import annotations
 import pytest
 from aiokafka import TopicPartition
 
-from proxy.delivery.dispatcher import (
+from proxy.listener.partitions import (
     MAX_PENDING_RECORDS,
     MIN_PARTITION_SHARE,
-    Dispatcher,
+    Partitions,
     PartitionState,
 )
-from proxy.delivery.policy import RetryPolicy
-from proxy.kafka import KafkaConnection
-from proxy.listener.kafka import KafkaListener
-from proxy.metrics import Metrics
-from proxy.upstream.health import AppHealth
-from proxy.upstream.http import HttpUpstream
-
-APP = "http://127.0.0.1:9/events"  # never connected to
 
 
-async def _nothing(_: frozenset[TopicPartition]) -> None:
-    return None
+def assign(d: Partitions, partitions: int) -> None:
+    """Exactly ``partitions`` partitions (of another topic than the tests' own) assigned."""
+    d.remove(list(d))
+    d.add(TopicPartition("assigned", p) for p in range(partitions))
 
 
-def dispatcher() -> Dispatcher:
-    return Dispatcher(
-        upstream=HttpUpstream(APP),
-        health=AppHealth(APP),
-        listener=KafkaListener(
-            KafkaConnection(bootstrap_servers="127.0.0.1:9"),
-            group="g",
-            topics=("t",),
-            on_assigned=_nothing,
-            on_revoked=_nothing,
-        ),
-        policy=RetryPolicy(),
-        dead_letters=None,
-        metrics=Metrics(),
-        forwarded_headers=frozenset(),
-    )
+def held(d: Partitions, partitions: int) -> list[PartitionState]:
+    """``partitions`` partitions of topic ``t`` assigned, their states tracked like state()'s."""
+    d.remove(list(d))
+    d.add(TopicPartition("t", p) for p in range(partitions))
+    states = [d.get(TopicPartition("t", p)) for p in range(partitions)]
+    for s in states:
+        assert s is not None
+        _undone[id(s)] = []
+    return [s for s in states if s is not None]
 
 
 # The offsets each test partition has begun and not finished, oldest first (kept here rather than
@@ -77,7 +62,7 @@ def finish(state: PartitionState, count: int) -> None:
     del undone[:count]
 
 
-def threshold(d: Dispatcher) -> int:
+def threshold(d: Partitions) -> int:
     """The pending count at which a fresh partition is first held back, found by feeding it
     records one at a time (behaviour, not the private attribute)."""
     s = state(99)
@@ -90,7 +75,7 @@ def threshold(d: Dispatcher) -> int:
     raise AssertionError("never held back")
 
 
-def release_point(d: Dispatcher, share: int) -> int:
+def release_point(d: Partitions, share: int) -> int:
     """The pending count at which a partition held back at ``share`` is fetched again, found by
     finishing its records one at a time."""
     s = state(98)
@@ -119,20 +104,20 @@ def release_point(d: Dispatcher, share: int) -> int:
     ],
 )
 def test_the_budget_is_split_among_assigned_partitions_down_to_a_minimum(partitions: int, share: int) -> None:
-    d = dispatcher()
-    d.assigned(partitions)
+    d = Partitions()
+    assign(d, partitions)
     assert threshold(d) == share
     assert release_point(d, share) == share // 4
-    assert (d._high, d._low) == (share, share // 4)
+    assert (d.high, d.low) == (share, share // 4)
 
 
 def test_before_any_assignment_one_partition_may_take_the_whole_budget() -> None:
-    assert threshold(dispatcher()) == MAX_PENDING_RECORDS
+    assert threshold(Partitions()) == MAX_PENDING_RECORDS
 
 
 def test_a_partition_is_held_at_its_share_and_fetched_again_only_at_a_quarter() -> None:
-    d = dispatcher()
-    d.assigned(4)
+    d = Partitions()
+    assign(d, 4)
     share, quarter = MAX_PENDING_RECORDS // 4, MAX_PENDING_RECORDS // 16
     s, other = state(0), state(1)
 
@@ -172,8 +157,8 @@ def test_a_partition_is_held_at_its_share_and_fetched_again_only_at_a_quarter() 
 
 
 def test_holding_back_twice_is_once_and_release_of_a_free_partition_does_nothing() -> None:
-    d = dispatcher()
-    d.assigned(2)
+    d = Partitions()
+    assign(d, 2)
     s = state()
     fetch(s, MAX_PENDING_RECORDS)
     d.check_backpressure(s)
@@ -192,8 +177,8 @@ def test_holding_back_twice_is_once_and_release_of_a_free_partition_does_nothing
 
 
 def test_each_release_sets_unblocked_for_the_fetch_loop_waiting_on_it() -> None:
-    d = dispatcher()
-    d.assigned(2)
+    d = Partitions()
+    assign(d, 2)
     a, b = state(0), state(1)
     for s in (a, b):
         fetch(s, MAX_PENDING_RECORDS // 2)
@@ -211,16 +196,16 @@ def test_each_release_sets_unblocked_for_the_fetch_loop_waiting_on_it() -> None:
 
 
 def test_a_smaller_share_after_a_rebalance_holds_back_at_the_next_check() -> None:
-    d = dispatcher()
-    d.assigned(2)  # share 512
+    d = Partitions()
+    assign(d, 2)  # share 512
     s = state()
     fetch(s, 300)
     d.check_backpressure(s)
     assert not d.blocked
-    d.assigned(4)  # share 256: 300 pending is over it
+    assign(d, 4)  # share 256: 300 pending is over it
     d.check_backpressure(s)
     assert d.blocked == {s.tp}
-    d.assigned(1)  # share 1024, quarter 256: 300 pending is still above the quarter
+    assign(d, 1)  # share 1024, quarter 256: 300 pending is still above the quarter
     d.check_backpressure(s)
     assert d.blocked == {s.tp}
     finish(s, 44)
@@ -229,33 +214,59 @@ def test_a_smaller_share_after_a_rebalance_holds_back_at_the_next_check() -> Non
 
 
 def test_room_is_what_is_left_of_the_budget_but_never_less_than_one_share() -> None:
-    d = dispatcher()
-    d.assigned(4)
+    d = Partitions()
+    assert d.room() == MAX_PENDING_RECORDS  # nothing assigned
+    states = held(d, 4)
     share = MAX_PENDING_RECORDS // 4
-    states = [state(p) for p in range(4)]
-    assert d.room(states) == MAX_PENDING_RECORDS
-    assert d.room([]) == MAX_PENDING_RECORDS
+    assert d.room() == MAX_PENDING_RECORDS
 
     fetch(states[0], 100)
     fetch(states[1], 200)
-    assert d.room(states) == MAX_PENDING_RECORDS - 300
+    assert d.room() == MAX_PENDING_RECORDS - 300
     # Records of every partition count, whether or not it is held back.
     fetch(states[2], MAX_PENDING_RECORDS - 300 - share + 1)
-    assert d.room(states) == share
+    assert d.room() == share
     fetch(states[3], 1)
-    assert d.room(states) == share
+    assert d.room() == share
     fetch(states[3], 5 * MAX_PENDING_RECORDS)  # far over the budget
-    assert d.room(states) == share
+    assert d.room() == share
 
     # Done records give the room back.
     finish(states[3], 5 * MAX_PENDING_RECORDS + 1)
     finish(states[2], MAX_PENDING_RECORDS - 300 - share + 1)
-    assert d.room(states) == MAX_PENDING_RECORDS - 300
+    assert d.room() == MAX_PENDING_RECORDS - 300
 
 
 def test_room_floor_follows_the_minimum_share() -> None:
-    d = dispatcher()
-    d.assigned(10 * MAX_PENDING_RECORDS // MIN_PARTITION_SHARE)
-    s = state()
+    d = Partitions()
+    (s, *_) = held(d, 10 * MAX_PENDING_RECORDS // MIN_PARTITION_SHARE)
     fetch(s, 2 * MAX_PENDING_RECORDS)
-    assert d.room([s]) == MIN_PARTITION_SHARE
+    assert d.room() == MIN_PARTITION_SHARE
+
+
+def test_done_releases_a_drained_partition() -> None:
+    d = Partitions()
+    (s,) = held(d, 1)
+    fetch(s, MAX_PENDING_RECORDS)
+    d.check_backpressure(s)
+    assert d.blocked == {s.tp}
+    for offset in _undone[id(s)][: MAX_PENDING_RECORDS - MAX_PENDING_RECORDS // 4 - 1]:
+        d.done(s, offset)
+    assert d.blocked == {s.tp}  # one above the quarter
+    d.done(s, _undone[id(s)][MAX_PENDING_RECORDS - MAX_PENDING_RECORDS // 4 - 1])
+    assert not d.blocked and d.unblocked.is_set()
+
+
+def test_commit_positions_and_revoke() -> None:
+    d = Partitions()
+    a, b = held(d, 2)
+    fetch(a, 3)
+    a.offsets.done(0)
+    assert d.commit_positions() == {a.tp: 1}
+    d.mark_committed({a.tp: 1, TopicPartition("gone", 0): 5})
+    assert d.commit_positions() == {}
+    b.offsets.fetched_through(9)
+    assert d.commit_positions(frozenset({a.tp})) == {}
+    assert d.commit_positions() == {b.tp: 10}
+    d.remove([b])
+    assert b.tp not in d and len(d) == 1 and d.commit_positions() == {}

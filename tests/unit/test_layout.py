@@ -13,8 +13,6 @@ import proxy
 
 PACKAGE = Path(proxy.__file__).parent
 MAX_CLASS_LINES = 350
-# Classes still being split; each entry must still be over the limit (so the list only shrinks).
-KNOWN_OVERSIZED = {"proxy.sidecar.runtime.Sidecar"}
 
 
 def _unit(module: str) -> str:
@@ -118,5 +116,5 @@ def test_no_class_over_the_limit() -> None:
             if isinstance(node, ast.ClassDef):
                 lines = (node.end_lineno or node.lineno) - node.lineno + 1
                 if lines > MAX_CLASS_LINES:
-                    oversized.append(f"{_module_name(path)}.{node.name}")
-    assert set(oversized) == KNOWN_OVERSIZED, f"classes over {MAX_CLASS_LINES} lines: {oversized}"
+                    oversized.append(f"{_module_name(path)}.{node.name}: {lines} lines")
+    assert not oversized, f"classes over {MAX_CLASS_LINES} lines: {oversized}"

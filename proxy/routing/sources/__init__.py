@@ -15,6 +15,7 @@ known complete), for a sidecar that meets an unknown tenant on a record newer th
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -53,6 +54,61 @@ class CatchUpRouteSource(RouteSource, Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class SourceOptions:
+    """What a route source factory may need besides its spec."""
+
+    on_error: Callable[[str], None] | None = None
+    connection: KafkaConnection | None = None
+    token_file: str | None = None
+    cafile: str | None = None
+
+
+def _file_source(spec: str, options: SourceOptions) -> RouteSource:
+    from proxy.errors import ConfigError
+    from proxy.routing.sources.file import FileRouteSource
+
+    path = spec[len("file:") :]
+    if not path:
+        raise ConfigError("--routes file:<path> needs a path")
+    return FileRouteSource(path, on_error=options.on_error)
+
+
+def _kafka_source(spec: str, options: SourceOptions) -> RouteSource:
+    from proxy.errors import ConfigError
+    from proxy.routes.topic import DEFAULT_ROUTES_TOPIC, check_topic_name
+    from proxy.routing.sources.kafka_source import KafkaRouteSource
+
+    if options.connection is None:
+        raise ConfigError(f"--routes {spec}: the kafka: route source needs the Kafka connection options")
+    topic = check_topic_name(spec[len("kafka:") :] or DEFAULT_ROUTES_TOPIC)
+    return KafkaRouteSource(options.connection, topic, on_error=options.on_error)
+
+
+def _http_source(spec: str, options: SourceOptions) -> RouteSource:
+    from proxy.errors import ConfigError
+    from proxy.kafka import client_ssl_context
+    from proxy.routing.sources.http import HttpRouteSource
+
+    token = None
+    if options.token_file is not None:
+        try:
+            token = Path(options.token_file).read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read --routes-token-file {options.token_file!r}: {exc}") from exc
+    context = client_ssl_context(options.cafile, "--routes-cafile") if options.cafile else None
+    return HttpRouteSource(spec, on_error=options.on_error, token=token, ssl_context=context)
+
+
+ROUTE_SOURCES: dict[str, Callable[[str, SourceOptions], RouteSource]] = {
+    "file:": _file_source,
+    "kafka:": _kafka_source,
+    "http://": _http_source,
+    "https://": _http_source,
+}
+"""``--routes`` prefix -> the factory of its route source (each imports its module when used)."""
+
+
 def create_route_source(
     spec: str,
     *,
@@ -65,34 +121,10 @@ def create_route_source(
     ``http(s)://`` may take a read token (``--routes-token-file``) and a CA (``--routes-cafile``)."""
     from proxy.errors import ConfigError
 
-    if spec.startswith("file:"):
-        from proxy.routing.sources.file import FileRouteSource
-
-        path = spec[len("file:") :]
-        if not path:
-            raise ConfigError("--routes file:<path> needs a path")
-        return FileRouteSource(path, on_error=on_error)
-    if spec.startswith("kafka:"):
-        from proxy.routes.topic import DEFAULT_ROUTES_TOPIC, check_topic_name
-        from proxy.routing.sources.kafka_source import KafkaRouteSource
-
-        if connection is None:
-            raise ConfigError(f"--routes {spec}: the kafka: route source needs the Kafka connection options")
-        topic = check_topic_name(spec[len("kafka:") :] or DEFAULT_ROUTES_TOPIC)
-        return KafkaRouteSource(connection, topic, on_error=on_error)
-    if spec.startswith(("http://", "https://")):
-        from proxy.routing.sources.http import HttpRouteSource
-
-        from proxy.kafka import client_ssl_context
-
-        token = None
-        if token_file is not None:
-            try:
-                token = Path(token_file).read_text(encoding="utf-8").strip() or None
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"cannot read --routes-token-file {token_file!r}: {exc}") from exc
-        context = client_ssl_context(cafile, "--routes-cafile") if cafile else None
-        return HttpRouteSource(spec, on_error=on_error, token=token, ssl_context=context)
+    options = SourceOptions(on_error=on_error, connection=connection, token_file=token_file, cafile=cafile)
+    for prefix, factory in ROUTE_SOURCES.items():
+        if spec.startswith(prefix):
+            return factory(spec, options)
     raise ConfigError(
         f"--routes {spec!r}: unknown route source (use kafka:, kafka:<topic>, http://host:port or file:<path>)"
     )

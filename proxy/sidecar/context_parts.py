@@ -1,4 +1,4 @@
-"""The sidecar's interop parts, built together from its config: propagation by
+"""The sidecar's context parts, built together from its config: propagation by
 ``OTEL_PROPAGATORS``, spans, ``ktp-delivery`` contexts, the delivery format and the publish
 endpoint. They share the contexts map (deliveries write it, publish requests read it) and the
 tracing hooks, so they are made in one place."""
@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from opentelemetry.trace import TracerProvider
 
-from proxy.delivery.interop import DeliveryInterop
-from proxy.metrics import Metrics
 from proxy.delivery.contexts import DeliveryContexts
+from proxy.delivery.envelope import DeliveryEnvelope
+from proxy.metrics import Metrics
 from proxy.publish.request import PublishRules
 from proxy.publish.server import KafkaPublisher, PublishServer
 from proxy.sidecar.config import SidecarConfig
@@ -21,24 +21,24 @@ from proxy.telemetry.tracing import SidecarTracing
 
 
 @dataclass(frozen=True, slots=True)
-class SidecarInterop:
-    """What :func:`build_interop` makes for one sidecar."""
+class ContextParts:
+    """What :func:`build_context_parts` makes for one sidecar."""
 
     propagation: Propagation
     tracing: SidecarTracing
     contexts: DeliveryContexts
-    delivery: DeliveryInterop
+    delivery: DeliveryEnvelope
     publish: PublishServer
 
 
-def build_interop(
+def build_context_parts(
     config: SidecarConfig,
     metrics: Metrics,
     *,
     tracer_provider: TracerProvider | None = None,
     environ: Mapping[str, str] | None = None,
-) -> SidecarInterop:
-    """Build the interop parts. ``tracer_provider`` defaults to the global one (spans only when
+) -> ContextParts:
+    """Build the context parts. ``tracer_provider`` defaults to the global one (spans only when
     an SDK provider is set); ``environ`` (default ``os.environ``) gives ``OTEL_PROPAGATORS``."""
     propagation = Propagation.from_environ(environ)
     tracing = SidecarTracing(
@@ -49,7 +49,7 @@ def build_interop(
         group=config.consumer_group,
     )
     contexts = DeliveryContexts(config.delivery_context_grace)
-    delivery = DeliveryInterop(contexts=contexts, tracing=tracing, format=config.format, service=config.service)
+    delivery = DeliveryEnvelope(contexts=contexts, tracing=tracing, format=config.format, service=config.service)
     publish = PublishServer(
         config.publish_addr,
         rules=PublishRules(
@@ -68,4 +68,4 @@ def build_interop(
         tracing=tracing,
         metrics=metrics,
     )
-    return SidecarInterop(propagation, tracing, contexts, delivery, publish)
+    return ContextParts(propagation, tracing, contexts, delivery, publish)

@@ -1,10 +1,10 @@
-"""DeliveryInterop: what a delivery request carries besides the record, and what it leaves behind.
+"""DeliveryEnvelope: what a delivery request carries besides the record, and what it leaves behind.
 
-The dispatcher calls :meth:`DeliveryInterop.begin` once per delivery (not per attempt), after
+The dispatcher calls :meth:`DeliveryEnvelope.begin` once per delivery (not per attempt), after
 the headers are built, and :meth:`DeliveryScope.end` when the delivery is over. In between:
 
-- ``--format cloudevents``: the ``ce-*`` headers of CloudEvents HTTP binary mode
-  (:mod:`proxy.delivery.cloudevents`);
+- the delivery format's headers (:mod:`proxy.delivery.formats`; ``cloudevents``: the ``ce-*``
+  headers of CloudEvents HTTP binary mode);
 - trace context in the formats of ``OTEL_PROPAGATORS``: translated from the record's when it
   came in another format, or, when tracing is on, the ``process`` span's own;
 - ``ktp-delivery: <id>``, and the delivery's context kept under that id
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxy.delivery import cloudevents
-from proxy.delivery.headers import forwarded_header_names
 from proxy.delivery.contexts import DeliveryContexts
+from proxy.delivery.formats import FORMATS
+from proxy.delivery.headers import forwarded_header_names
 from proxy.telemetry.tracing import DELIVERY_ID, SidecarTracing, record_carrier
 
 if TYPE_CHECKING:
@@ -28,11 +28,10 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
 DELIVERY_HEADER = "ktp-delivery"
-FORMATS = ("raw", "cloudevents")
 
 
 class DeliveryScope:
-    """One delivery between :meth:`DeliveryInterop.begin` and :meth:`end`."""
+    """One delivery between :meth:`DeliveryEnvelope.begin` and :meth:`end`."""
 
     __slots__ = ("_contexts", "delivery_id", "span")
 
@@ -48,10 +47,10 @@ class DeliveryScope:
             SidecarTracing.end_process(self.span, attempts, status)
 
 
-class DeliveryInterop:
-    """Per-delivery interop for one sidecar; see the module doc."""
+class DeliveryEnvelope:
+    """What one sidecar adds to each delivery; see the module doc."""
 
-    __slots__ = ("_fields", "cloudevents", "contexts", "propagation", "service", "tracing")
+    __slots__ = ("_fields", "_format_headers", "contexts", "format", "propagation", "service", "tracing")
 
     def __init__(
         self,
@@ -66,7 +65,8 @@ class DeliveryInterop:
         self.contexts = contexts
         self.tracing = tracing
         self.propagation = tracing.propagation
-        self.cloudevents = format == "cloudevents"
+        self.format = format
+        self._format_headers = FORMATS[format]
         self.service = service
         # Context headers a delivery can carry: those copied from records (headers.py's
         # allowlist) and those written in the configured formats.
@@ -75,7 +75,7 @@ class DeliveryInterop:
 
     def __repr__(self) -> str:
         return (
-            f"DeliveryInterop(format={'cloudevents' if self.cloudevents else 'raw'!r}, "
+            f"DeliveryEnvelope(format={self.format!r}, "
             f"tracing={self.tracing.enabled}, contexts={self.contexts!r})"
         )
 
@@ -84,17 +84,9 @@ class DeliveryInterop:
     ) -> DeliveryScope:
         """Complete ``headers`` for ``record``'s delivery; append to ``rejected`` what could not
         be sent (counted and logged by the caller)."""
-        if self.cloudevents:
-            extra, dropped = cloudevents.http_headers(
-                source=cloudevents.event_source(self.service, record.topic),
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                timestamp=record.timestamp,
-                key=record.key,
-                record_headers=record.headers,
-                content_type=headers.get("content-type"),
-            )
+        format_headers = self._format_headers
+        if format_headers is not None:
+            extra, dropped = format_headers(record, headers, self.service)
             headers.update(extra)
             rejected.extend(dropped)
         propagation = self.propagation

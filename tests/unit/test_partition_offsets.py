@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.listener.offsets import PartitionOffsets
+from proxy.listener.partitions import PartitionOffsets
 
 
 def test_skips_with_nothing_outstanding_move_the_position() -> None:

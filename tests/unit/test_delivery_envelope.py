@@ -1,4 +1,4 @@
-"""What DeliveryInterop adds to a delivery: ktp-delivery and its context, translated trace
+"""What DeliveryEnvelope adds to a delivery: ktp-delivery and its context, translated trace
 context, CloudEvents headers, and the process span when tracing is on."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from proxy.delivery.headers import build_headers, forwarded_header_names
-from proxy.delivery.interop import DeliveryInterop
+from proxy.delivery.envelope import DeliveryEnvelope
 from proxy.delivery.contexts import DeliveryContexts
 from proxy.telemetry.propagation import Propagation
 from proxy.telemetry.tracing import SidecarTracing
@@ -28,7 +28,7 @@ def record(headers: list[tuple[str, bytes]], value: bytes | None = b"v") -> Cons
 
 
 def deliver(
-    interop: DeliveryInterop, rec: ConsumerRecord[bytes, bytes], propagators: str = "tracecontext,baggage"
+    interop: DeliveryEnvelope, rec: ConsumerRecord[bytes, bytes], propagators: str = "tracecontext,baggage"
 ) -> tuple[dict[str, str], list[str], object]:
     headers, rejected = build_headers(
         topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp=rec.timestamp,
@@ -40,13 +40,13 @@ def deliver(
 
 def build(
     propagators: str = "tracecontext,baggage", format: str = "raw", provider: trace.TracerProvider | None = None
-) -> tuple[DeliveryInterop, DeliveryContexts]:
+) -> tuple[DeliveryEnvelope, DeliveryContexts]:
     contexts = DeliveryContexts(10.0)
     tracing = SidecarTracing(
         Propagation.from_names(propagators), provider=provider or trace.NoOpTracerProvider(),
         service="orders-worker", sandbox="pr-42", group="orders-pr-42",
     )
-    return DeliveryInterop(contexts=contexts, tracing=tracing, format=format, service="orders-worker"), contexts
+    return DeliveryEnvelope(contexts=contexts, tracing=tracing, format=format, service="orders-worker"), contexts
 
 
 def test_every_delivery_gets_an_id_naming_its_context() -> None:
