@@ -13,7 +13,6 @@ import collections
 import gc
 import logging
 import signal
-import time
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -39,6 +38,7 @@ from proxy.routing.filter import Decided, RouteFilter
 from proxy.routing.sources import CatchUpRouteSource, RouteSource, create_route_source
 from proxy.routing.tenant import BAGGAGE_HEADER, TenantExtractor
 from proxy.sidecar.config import SidecarConfig
+from proxy.sidecar.readiness import Readiness
 from proxy.sidecar.gauges import PartitionGauges
 from proxy.sidecar.context_parts import build_context_parts
 from proxy.sidecar.routes_gate import ROUTES_BEHIND, RoutesGate
@@ -55,14 +55,6 @@ FETCH_MAX_BYTES = 1024 * 1024
 REVOKE_TIMEOUT = 5.0
 KAFKA_RETRY_INITIAL = 0.5
 KAFKA_RETRY_MAX = 10.0
-
-
-def _fmt_tp(tp: TopicPartition) -> str:
-    return f"{tp.topic}[{tp.partition}]"
-
-
-def _clock(at: float) -> str:
-    return time.strftime("%H:%M:%SZ", time.gmtime(at))
 
 
 def freeze_startup_objects() -> None:
@@ -189,7 +181,7 @@ class Sidecar:
                 routes=self._routes_view,
                 decisions=self.decisions,
                 detail=self.readiness_detail,
-                reasons=self.readiness_reasons,
+                reasons=lambda: self.ready.reasons(),
                 config=self.config.redacted,
             ),
             name="admin",
@@ -198,13 +190,16 @@ class Sidecar:
         self.gauges = PartitionGauges(self.metrics, self.listener, self.partitions, self.table, config.stall_timeout)
         self._recent = RecentDecisions()
         self._stopping = asyncio.Event()
+        self.ready = Readiness(
+            config, listener=self.listener, table=self.table, route_source=self.route_source,
+            health=self.health, stopping=self._stopping,
+        )
+        self.ready.routes_gate = self.routes_gate
         self._commit_lock = asyncio.Lock()
         self._commit_task: asyncio.Task[None] | None = None
         self._started: list[Any] = []
         # Why the sidecar is not ready, in words (/readyz): the last Kafka connect failure and
         # the last route source failure, each with its wall-clock time.
-        self._kafka_problem: str | None = None
-        self._routes_problem: tuple[str, float] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -247,7 +242,7 @@ class Sidecar:
             await self.dead_letters.start()
             self._started.append(self.dead_letters)
         await self.listener.start()
-        self._kafka_problem = None
+        self.ready.kafka_connected()
 
     async def _connect_kafka_failed(self, exc: Exception, delay: float) -> None:
         # Not only KafkaError: aiokafka 0.14 raises KeyError on a broker's SCRAM refusal
@@ -259,10 +254,7 @@ class Sidecar:
             self._started.remove(self.dead_letters)
             await self.dead_letters.stop()
         expected = isinstance(exc, (KafkaError, BrokerError, OSError))
-        self._kafka_problem = (
-            f"Kafka at {self.config.kafka.bootstrap_servers} not reachable at "
-            f"{_clock(time.time())}: {exc!r}; retrying in {delay:.1f}s"
-        )
+        self.ready.kafka_failed(exc, delay)
         log.warning(
             "Kafka at %s not reachable (%r); retrying in %.1fs",
             self.config.kafka.bootstrap_servers, exc, delay, exc_info=not expected,
@@ -440,67 +432,12 @@ class Sidecar:
     # -- admin views -------------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready once the group is joined and every assigned partition has a start position
-        (before that, a record produced under ``--auto-offset-reset latest`` may be missed),
-        the routes are synced and the app answers."""
-        checks = {
-            "group_joined": self.listener.joined,
-            "partitions_positioned": self.listener.joined and not self.listener.unpositioned(),
-            "routes_synced": self.table.synced and not (self.routes_gate is not None and self.routes_gate.behind),
-            "app_healthy": self.health.healthy,
-            "stopping": self._stopping.is_set(),
-        }
-        ready = all(checks[name] for name in ("group_joined", "partitions_positioned", "routes_synced", "app_healthy"))
-        return ready and not checks["stopping"], checks
-
-    def readiness_reasons(self) -> dict[str, str]:
-        """Why each failing readiness check fails, in words, for ``/readyz``."""
-        _, checks = self.readiness()
-        reasons: dict[str, str] = {}
-        if not checks["group_joined"]:
-            group = self.config.consumer_group
-            servers = self.config.kafka.bootstrap_servers
-            if self._kafka_problem is not None:
-                reasons["group_joined"] = self._kafka_problem
-            elif not self.listener.started:
-                # start() brings the servers, publish endpoint, routes and app probe up first.
-                reasons["group_joined"] = f"not connected to Kafka at {servers} yet: the other parts start first"
-            else:
-                reasons["group_joined"] = (
-                    f"connected to Kafka at {servers}; waiting for group {group!r} to assign "
-                    f"partitions of {', '.join(self.config.topics)}"
-                )
-        elif not checks["partitions_positioned"]:
-            waiting = ", ".join(sorted(_fmt_tp(tp) for tp in self.listener.unpositioned()))
-            reasons["partitions_positioned"] = f"looking up where to start consuming {waiting}"
-        if self.listener.fenced:
-            reasons["group_joined"] = (
-                "the group coordinator is unreachable: fetching is paused until a heartbeat "
-                "confirms the membership"
-            )
-        if not checks["routes_synced"]:
-            source = self.route_source.describe()
-            problem = self._routes_problem
-            last = f"; last error at {_clock(problem[1])}: {problem[0]}" if problem else ""
-            gate = self.routes_gate
-            if gate is not None and gate.behind_since is not None:
-                behind = time.monotonic() - gate.behind_since
-                reasons["routes_synced"] = (
-                    f"routes from {source} could not catch up for {behind:.0f}s, consumption paused: {gate.last_error}"
-                )
-            else:
-                reasons["routes_synced"] = f"routes from {source} not read completely yet{last}"
-        if not checks["app_healthy"]:
-            health = self.health
-            when = f" at {_clock(health.last_probe_at)}" if health.last_probe_at is not None else ""
-            reasons["app_healthy"] = f"the app does not answer {health.target}; last probe{when}: {health.last_probe}"
-        if checks["stopping"]:
-            reasons["stopping"] = "the sidecar is shutting down"
-        return reasons
+        """(ready, the checks): see :mod:`proxy.sidecar.readiness`."""
+        return self.ready.checks()
 
     def _route_source_failed(self, message: str) -> None:
         self.metrics.route_source_errors.inc()
-        self._routes_problem = (message, time.time())
+        self.ready.route_source_failed(message)
 
     def readiness_detail(self) -> dict[str, Any]:
         """Stalled partitions, for ``/readyz``. They do not fail readiness: Kafka does not route by
