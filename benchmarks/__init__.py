@@ -1,4 +1,4 @@
-"""Benchmarks of kafka-tenant-proxy against the raw limit and the naive loop (issue 6).
+"""Benchmarks of kafka-tenant-proxy against the raw limit and the naive loop.
 
 ``python -m benchmarks`` (``make bench``) starts the embedded broker, produces 200-byte records
 with W3C baggage to 4-partition topics, and runs, in one go and each in its own process:

@@ -70,7 +70,7 @@ def consumer_settings(session_timeout: float, fetch_max_wait_ms: int) -> dict[st
 
 
 def forwarded_headers(record: Record) -> dict[str, str]:
-    """The delivery headers the sidecar sends (DESIGN.md, "Delivery request to the app")."""
+    """The delivery headers the sidecar sends (docs/design.md, "Delivery request to the app")."""
     headers = {
         "content-type": "application/json",
         "kafka-topic": record.topic,

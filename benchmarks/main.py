@@ -78,7 +78,7 @@ LABELS = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="kafka-tenant-proxy benchmarks (issue 6): the sidecar against the raw limit and the "
+        description="kafka-tenant-proxy benchmarks: the sidecar against the raw limit and the "
         "naive loop, on the embedded broker, printed as ratios and checked against the targets.",
     )
     parser.add_argument("--quick", action="store_true", help="small counts, one repeat: for development")

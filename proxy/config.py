@@ -188,7 +188,7 @@ def resolve(
         if raw is None:
             if option.required:
                 problems.append(f"--{option.name} is required (or set {option.env})")
-            # Defaults are written as a user would type them ("127.0.0.1:15000"): parse them too.
+            # Defaults are written as a user would type them ("127.0.0.1:14000"): parse them too.
             default = option.default
             values[option.dest] = option.parse(default) if isinstance(default, str) else default
             continue

@@ -2,28 +2,33 @@
 publish) and the injector's metrics.
 
 Why not aiohttp's: these listeners answer a probe, a scrape or a publish now and then, and
-aiohttp's import alone was 11.6 MB of the sidecar's 48 MB resident at group join (benchmarks,
-issue 6); a sidecar runs in every pod. aiohttp stays for the route service, the injector's
+aiohttp's import alone was 11.6 MB of the sidecar's 48 MB resident at group join (measured with
+the benchmarks); a sidecar runs in every pod. aiohttp stays for the route service, the injector's
 webhook and the demo, which are processes of their own.
 
-What it does (RFC 9112), strictly, since the publish endpoint takes input from the app:
+What it does (RFC 9112), strictly, since the publish endpoint takes input from the app. Request
+heads are parsed by llhttp (through httptools, as uvicorn does), with our limits on top:
 
-- request line ``METHOD SP target SP HTTP/1.x``; header names are tokens; a field value may
-  not hold CR, LF, NUL or other controls (HTAB aside); obsolete line folding, a head over
-  :data:`MAX_HEAD_BYTES` or a line over :data:`MAX_LINE_BYTES` is refused: each such request
-  gets a 400 (by default plain text, or what ``on_malformed`` makes of it) and the connection
-  is closed;
-- bodies framed by ``Content-Length`` (repeated values must agree) or ``Transfer-Encoding:
-  chunked`` (trailers read and dropped); both at once, or another transfer coding, is refused;
+- request line ``METHOD SP target SP HTTP/1.x``, the method one llhttp knows (else 501), the
+  target visible ASCII; header names are tokens; a field value may not hold CR, LF, NUL or
+  other controls (HTAB aside); obsolete line folding, a head over :data:`MAX_HEAD_BYTES`, a line
+  over :data:`MAX_LINE_BYTES` or more than :data:`~proxy.http1.MAX_HEADER_FIELDS` fields is
+  refused: each such request gets a 4xx or 5xx (by default plain text, or what ``on_malformed``
+  makes of it) and the connection is closed;
+- bodies framed by one ``Content-Length`` or ``Transfer-Encoding: chunked`` (trailers read and
+  dropped); both at once, a repeated ``Content-Length``, or another transfer coding, is refused;
   a body is read only when the handler asks (:meth:`Request.read`, with a size limit), after a
   ``100 Continue`` if the client expects one; a body the handler did not read closes the
-  connection after the answer;
+  connection after the answer. Bodies are read by our own code from the stream, exactly to the
+  end of the message, so that a next request already sent stays in the buffer;
 - keep-alive (HTTP/1.1 unless ``Connection: close``; HTTP/1.0 only with ``keep-alive``), one
   request at a time per connection, idle connections closed after :data:`KEEPALIVE_TIMEOUT`;
+  ``Upgrade`` and ``CONNECT`` are answered as plain requests, then the connection is closed
+  (we never switch protocols);
 - :meth:`LocalHttpServer.stop` stops accepting, lets requests being handled finish within
   ``shutdown_timeout``, then closes everything.
 
-The request-head grammar is :func:`parse_request_head`, pure and property-tested.
+The request-head parse is :func:`parse_request_head`, pure and property-tested.
 """
 
 from __future__ import annotations
@@ -36,8 +41,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
+import httptools
+
 from proxy.errors import ListenError
-from proxy.http1 import BAD_HEAD_BYTES, MAX_CHUNK_LINE, MAX_HEAD_BYTES, NO_BODY_STATUSES, TOKEN
+from proxy.http1 import (
+    BAD_HEAD_BYTES,
+    MAX_CHUNK_LINE,
+    MAX_HEAD_BYTES,
+    MAX_HEADER_FIELDS,
+    NO_BODY_STATUSES,
+    tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +59,6 @@ MAX_LINE_BYTES = 8190
 KEEPALIVE_TIMEOUT = 75.0
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 _TARGET = re.compile(rb"[\x21-\x7e]+")
-_DIGITS = re.compile(r"[0-9]{1,18}")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r\n")
 
 
@@ -87,8 +100,51 @@ class RequestHead:
         return self.target.partition("?")[0]
 
 
-def _tokens(value: str) -> list[str]:
-    return [item.strip(" \t").lower() for item in value.split(",")]
+class _HeadReader:
+    """llhttp's callbacks for one request head: collects the target and the fields. An
+    exception raised here stops the parse and comes back as the ``__context__`` of httptools'
+    ``HttpParserCallbackError``."""
+
+    __slots__ = ("began", "fields", "keep_alive", "parser", "target")
+
+    def __init__(self) -> None:
+        self.began = False
+        self.keep_alive = False
+        self.target = b""
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.parser = httptools.HttpRequestParser(self)
+
+    def on_message_begin(self) -> None:
+        if self.began:
+            raise HttpError(400, "more than one request head")
+        self.began = True
+
+    def on_url(self, url: bytes) -> None:
+        self.target += url
+        if len(self.target) > MAX_LINE_BYTES:
+            raise HttpError(431, f"a request line is longer than {MAX_LINE_BYTES} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Only collected: a call per field is the hot path; parse_request_head reads them.
+        self.fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        # llhttp's keep-alive (Connection, HTTP/1.0) is only right while the head is current.
+        self.keep_alive = self.parser.should_keep_alive()
+
+
+def _refusal(head: bytes, error: httptools.HttpParserError) -> HttpError:
+    """The answer to a head llhttp refused: ours when our callback refused it, else 501 for a
+    method llhttp does not know (RFC 9110 section 9.1), else 400."""
+    if isinstance(error.__context__, HttpError):
+        return error.__context__
+    if isinstance(error, httptools.HttpParserInvalidMethodError):
+        return HttpError(501, f"method not implemented: {head.partition(b' ')[0][:20]!r}")
+    if BAD_HEAD_BYTES.search(head) is not None:
+        # llhttp says where it stopped ("Missing expected LF after header value"); the client
+        # is better served by what it must not send.
+        return HttpError(400, "header names and values may not contain CR, LF, NUL or other control characters")
+    return HttpError(400, f"invalid request head: {error}")
 
 
 def parse_request_head(head: bytes) -> RequestHead:
@@ -96,53 +152,52 @@ def parse_request_head(head: bytes) -> RequestHead:
     saying what is wrong."""
     if len(head) > MAX_HEAD_BYTES:
         raise HttpError(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
-    if BAD_HEAD_BYTES.search(head) is not None:
-        raise HttpError(400, "header names and values may not contain CR, LF, NUL or other control characters")
-    lines = head.split(b"\r\n")
-    if any(len(line) > MAX_LINE_BYTES for line in lines):
-        raise HttpError(431, f"a request line or header field is longer than {MAX_LINE_BYTES} bytes")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or TOKEN.fullmatch(parts[0]) is None or _TARGET.fullmatch(parts[1]) is None:
-        raise HttpError(400, f"invalid request line {lines[0][:80]!r}")
-    if parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
-        raise HttpError(505 if parts[2].startswith(b"HTTP/") else 400, f"unsupported version {parts[2][:20]!r}")
+    reader = _HeadReader()
+    parser = reader.parser
+    upgrade = False
+    try:
+        parser.feed_data(head + b"\r\n\r\n")
+    except httptools.HttpParserUpgrade:
+        upgrade = True  # the head is complete; we never switch protocols (see below)
+    except httptools.HttpParserError as exc:
+        raise _refusal(head, exc) from None
+    version = parser.get_http_version()
+    if version not in ("1.1", "1.0"):
+        # llhttp reads a line without a version as HTTP/0.9.
+        with_version = head.partition(b"\r\n")[0].count(b" ") >= 2
+        raise HttpError(505 if with_version else 400, f"unsupported version HTTP/{version}")
+    target = reader.target
+    if _TARGET.fullmatch(target) is None:
+        raise HttpError(400, f"invalid request target {target[:80]!r}")
+    if len(reader.fields) > MAX_HEADER_FIELDS:
+        raise HttpError(431, f"more than {MAX_HEADER_FIELDS} header fields")
     fields: list[tuple[str, str]] = []
     headers: dict[str, str] = {}
-    for line in lines[1:]:
-        raw_name, colon, raw_value = line.partition(b":")
-        if not colon or TOKEN.fullmatch(raw_name) is None:
-            # A folded line starts with SP or HTAB: not a token either.
-            raise HttpError(400, f"invalid header field {line[:80]!r}")
+    for raw_name, raw_value in reader.fields:
+        if len(raw_name) + len(raw_value) + 2 > MAX_LINE_BYTES:
+            raise HttpError(431, f"a header field is longer than {MAX_LINE_BYTES} bytes")
+        # llhttp let only a token through as the name, and strips leading whitespace only.
         name = raw_name.decode("ascii").lower()
-        value = raw_value.strip(b" \t").decode("latin-1")
+        value = raw_value.rstrip(b" \t").decode("latin-1")
         fields.append((name, value))
         headers.setdefault(name, value)
-    version = parts[2].decode("ascii")
-    connection = _tokens(headers.get("connection", ""))
-    keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
-    lengths = {v.strip(" \t") for n, value in fields if n == "content-length" for v in value.split(",")}
-    encodings = [coding for n, value in fields if n == "transfer-encoding" for coding in _tokens(value)]
-    if encodings and lengths:
-        raise HttpError(400, "both transfer-encoding and content-length: the body's framing is ambiguous")
-    content_length = None
-    if lengths:
-        if len(lengths) != 1:
-            raise HttpError(400, "conflicting content-length values")
-        (text,) = lengths
-        if _DIGITS.fullmatch(text) is None:
-            raise HttpError(400, f"invalid content-length {text[:40]!r}")
-        content_length = int(text)
-    if encodings and encodings != ["chunked"]:
-        raise HttpError(501 if "chunked" in encodings else 400, f"unsupported transfer-encoding {', '.join(encodings)[:60]!r}")
+    chunked = "transfer-encoding" in headers
+    if chunked:
+        encodings = [coding for n, value in fields if n == "transfer-encoding" for coding in tokens(value)]
+        if encodings != ["chunked"]:
+            raise HttpError(501, f"unsupported transfer-encoding {', '.join(encodings)[:60]!r}")
+    length = headers.get("content-length")  # llhttp refused a repeated or invalid one
     return RequestHead(
-        method=parts[0].decode("ascii"),
-        target=parts[1].decode("ascii"),
-        version=version,
+        method=parser.get_method().decode("ascii"),
+        target=target.decode("ascii"),
+        version=f"HTTP/{version}",
         fields=tuple(fields),
         headers=headers,
-        content_length=content_length,
-        chunked=bool(encodings),
-        keep_alive=keep_alive,
+        content_length=int(length) if length is not None else None,
+        chunked=chunked,
+        # An Upgrade or CONNECT request is answered as a plain request, then the connection is
+        # closed: what the client sends after it would be another protocol.
+        keep_alive=reader.keep_alive and not upgrade,
         expect_continue=headers.get("expect", "").lower() == "100-continue",
     )
 

@@ -1,12 +1,12 @@
 """Admin and metrics servers: small local HTTP listeners of their own (Envoy's admin model).
 
-Admin (default 127.0.0.1:15000): ``GET /healthz`` (the process is up), ``GET /readyz`` (200 once
+Admin (default 127.0.0.1:14000): ``GET /healthz`` (the process is up), ``GET /readyz`` (200 once
 the group is joined, routes are synced and the app answers, else 503, with the checks as JSON and
 a ``detail`` that does not affect readiness, e.g. stalled partitions),
 ``GET /routes`` (the route table, its version and sync state), ``GET /decisions`` (the last
 decisions with reasons), ``GET /config`` (the effective configuration with secrets redacted, like
 Envoy's ``/config_dump``: paths of secret files are shown, their contents and secret values
-never). Metrics (default 0.0.0.0:15090): ``GET /metrics``.
+never). Metrics (default 0.0.0.0:14090): ``GET /metrics``.
 
 Both are :class:`proxy.httpserver.LocalHttpServer` listeners (not aiohttp's: see that module).
 Everything here is read-only; nothing changes state on a GET. The admin listener binds to

@@ -1,1 +1,1 @@
-"""``ktp demo``: the seeds' scenario on one machine with an embedded broker."""
+"""``ktp demo``: the baseline-and-sandbox scenario on one machine with an embedded broker."""

@@ -1,6 +1,7 @@
-"""The seeds' scenario on one machine: A → B'' → Kafka → C'' → D.
+"""The baseline-and-sandbox scenario on one machine: A → B'' → Kafka → C'' → D.
 
-Services (DESIGN.md vocabulary; the seeds' letters in brackets):
+Services (the letters in brackets name them in the diagram; a doubled prime is a service's
+sandbox version):
 
 - ``orders-api`` [A]       entry point; routes each request to B or B'' by the request's tenant,
                            as a service mesh would, using the route service;
@@ -151,7 +152,7 @@ async def _scenario(workdir: Path, ledger: Ledger, session: aiohttp.ClientSessio
         b2_url = await stack.enter_async_context(http_app([producer_service("B''")]))
 
         async def api_handler(request: web.Request) -> web.Response:
-            # The mesh's job in the seeds: route by tenant to the sandboxed B'' when the tenant
+            # A service mesh's job: route by tenant to the sandboxed B'' when the tenant
             # maps orders-producer to it.
             order = await request.json()
             tenant = tenant_of(request)

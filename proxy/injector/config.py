@@ -12,19 +12,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from proxy.config import Option, parse_bool, parse_host_port, parse_positive_float, parse_positive_int
+from proxy.config import (
+    Option,
+    parse_bool,
+    parse_host_port,
+    parse_positive_float,
+    parse_positive_int,
+)
 from proxy.errors import ConfigError
 from proxy.injector.patch import (
+    DEFAULT_ADMIN_PORT,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_PUBLISH_PORT,
     PROBE_MODES,
     PULL_POLICIES,
+    READINESS_PATHS,
     Resources,
     SecretKeyRef,
+    SidecarPorts,
     SidecarTemplate,
 )
 from proxy.kafka import KAFKA_OPTIONS
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
-DEFAULT_METRICS_ADDR = "0.0.0.0:15090"
+# Not Envoy's 15090: a mesh may inject its proxy into the injector's own pods.
+DEFAULT_METRICS_ADDR = "0.0.0.0:14090"
 DEFAULT_TLS_RELOAD_INTERVAL = 30.0
 _KAFKA = {o.name: o for o in KAFKA_OPTIONS}
 
@@ -58,6 +70,12 @@ INJECTOR_OPTIONS = (
         "pull policy of the sidecar image",
         "IfNotPresent",
         choices=PULL_POLICIES,
+    ),
+    Option(
+        "sidecar-image-pull-secrets",
+        "comma-separated Secret names added to the imagePullSecrets of every injected pod "
+        "(each must exist in the pod's namespace)",
+        parse=_optional,
     ),
     Option(
         "bootstrap-servers",
@@ -96,6 +114,40 @@ INJECTOR_OPTIONS = (
         parse=parse_positive_int,
     ),
     Option(
+        "routes-token-secret",
+        "Secret holding the route service's read token, NAME or NAME/KEY (key default: token), "
+        "mounted into every sidecar for --routes http(s)://; it must exist in every namespace "
+        "where pods are injected",
+        parse=_optional,
+    ),
+    Option(
+        "sidecar-admin-port",
+        "port of the sidecar's admin server (a pod's kafka-tenant-proxy.io/admin-port "
+        "annotation may override it)",
+        DEFAULT_ADMIN_PORT,
+        parse=parse_positive_int,
+    ),
+    Option(
+        "sidecar-publish-port",
+        "port of the sidecar's publish API on 127.0.0.1 (annotation: publish-port)",
+        DEFAULT_PUBLISH_PORT,
+        parse=parse_positive_int,
+    ),
+    Option(
+        "sidecar-metrics-port",
+        "port of the sidecar's metrics server (annotation: metrics-port)",
+        DEFAULT_METRICS_PORT,
+        parse=parse_positive_int,
+    ),
+    Option(
+        "readiness-path",
+        "what the sidecar's readiness probe asks: /healthz (Ready once the sidecar serves, so a "
+        "Kafka outage does not take pods out of their Services) or /readyz (Ready only while it "
+        "can consume: group joined, routes synced, app answering)",
+        "/healthz",
+        choices=READINESS_PATHS,
+    ),
+    Option(
         "native-sidecar",
         "inject a native sidecar (init container with restartPolicy Always, Kubernetes 1.29+); "
         "a pod's kafka-tenant-proxy.io/native-sidecar annotation may override it",
@@ -104,7 +156,7 @@ INJECTOR_OPTIONS = (
     ),
     Option(
         "probes",
-        "how the kubelet probes the sidecar: http (admin server on 0.0.0.0:15000) or exec "
+        "how the kubelet probes the sidecar: http (admin server on 0.0.0.0) or exec "
         "(admin server stays on 127.0.0.1)",
         "http",
         choices=PROBE_MODES,
@@ -137,7 +189,7 @@ class InjectorConfig:
     tls_keyfile: str
     template: SidecarTemplate
     listen: tuple[str, int] = ("0.0.0.0", 8443)
-    metrics_addr: tuple[str, int] = ("0.0.0.0", 15090)
+    metrics_addr: tuple[str, int] = ("0.0.0.0", 14090)
     tls_reload_interval: float = DEFAULT_TLS_RELOAD_INTERVAL
     log_level: str = "INFO"
 
@@ -155,12 +207,17 @@ class InjectorConfig:
         try:
             sasl = values["sasl_password_secret"]
             ca = values["kafka_ca_secret"]
+            token = values["routes_token_secret"]
             refs = (
                 SecretKeyRef.parse(sasl, "password") if sasl else None,
                 SecretKeyRef.parse(ca, "ca.crt") if ca else None,
+                SecretKeyRef.parse(token, "token") if token else None,
             )
         except ValueError as exc:
-            raise ConfigError(f"--sasl-password-secret/--kafka-ca-secret: {exc}") from exc
+            raise ConfigError(
+                f"--sasl-password-secret/--kafka-ca-secret/--routes-token-secret: {exc}"
+            ) from exc
+        pull_secrets = values["sidecar_image_pull_secrets"] or ""
         template = SidecarTemplate(
             image=values["sidecar_image"],
             image_pull_policy=values["sidecar_image_pull_policy"],
@@ -173,8 +230,16 @@ class InjectorConfig:
             kafka_client_cert_secret=values["kafka_client_cert_secret"],
             routes=values["routes"],
             app_max_concurrency=values["app_max_concurrency"],
+            routes_token_secret=refs[2],
             native_sidecar=values["native_sidecar"],
             probes=values["probes"],
+            readiness_path=values["readiness_path"],
+            ports=SidecarPorts(
+                admin=values["sidecar_admin_port"],
+                publish=values["sidecar_publish_port"],
+                metrics=values["sidecar_metrics_port"],
+            ),
+            image_pull_secrets=tuple(n.strip() for n in pull_secrets.split(",") if n.strip()),
             resources=Resources(
                 cpu_request=values["sidecar_cpu_request"],
                 memory_request=values["sidecar_memory_request"],

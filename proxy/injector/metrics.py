@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from proxy.metrics import PREFIX
 
 # Bounded label values: what happened to one AdmissionReview.
-OUTCOMES = ("injected", "passed", "refused", "bad_request", "error")
+OUTCOMES = ("injected", "passed", "refused", "bad_request", "disconnected", "error")
 
 
 class InjectorMetrics:
@@ -17,7 +17,8 @@ class InjectorMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.reviews = Counter(
             PREFIX + "injector_reviews",
-            "AdmissionReviews answered, by outcome (injected, passed, refused, bad_request, error).",
+            "AdmissionReviews answered, by outcome (injected, passed, refused, bad_request, "
+            "disconnected: the caller went away, error).",
             ["outcome"],
             registry=self.registry,
         )

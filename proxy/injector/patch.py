@@ -1,6 +1,7 @@
 """From a pod and the injector's sidecar template to a JSONPatch that adds the sidecar. No I/O.
 
-A pod opts in with ``kafka-tenant-proxy.io/inject: "true"``; its other ``kafka-tenant-proxy.io/*``
+A pod opts in with ``kafka-tenant-proxy.io/inject: "true"`` (an annotation, or a label of the
+same name, which a webhook's objectSelector can match); its other ``kafka-tenant-proxy.io/*``
 annotations are the sidecar's per-pod options, named like the sidecar's flags
 (``service``, ``sandbox``, ``group``, ``topics``, ``app-url``, ``ordering``, ...), plus a few
 that only the injector understands (``app-port``, ``app-path``, ``native-sidecar`` and the
@@ -17,14 +18,39 @@ injector's own options, as a :class:`SidecarTemplate`.
   annotations are checked with the sidecar's own option parsers and config checks, so a pod the
   injector admits never gets a sidecar that exits on a configuration error.
 
+Ports. The sidecar shares the pod's network namespace with the app and with other sidecars (a
+mesh's proxy). Its ports (admin 14000, publish 14001, metrics 14090) avoid those of Istio,
+Linkerd, Dapr and Consul/Kuma; the injector's options move them for a whole install and the
+``admin-port``/``publish-port``/``metrics-port`` annotations for one pod. A pod whose containers
+already declare one of them, or that carries a known mesh proxy whose (often undeclared) ports
+include one of them, is refused with the container and port named: two listeners on one port
+would leave the sidecar crash-looping on ``EADDRINUSE``.
+
+Identity. The sidecar gets ``POD_NAME`` and ``POD_NAMESPACE`` from the downward API, and takes
+its pod's name as its static group member id. An ``instance-id`` annotation is refused (except
+``none``): on a pod template it would give every replica the same member id, and Kafka fences
+all but one of them.
+
+Host network. A ``hostNetwork`` pod shares the node's ports, so two such pods on one node would
+fight over the sidecar's ports; such a pod is refused rather than admitted without the sidecar it
+asked for.
+
 Probes. The kubelet probes a container from the node, on the pod's IP, so a probe cannot reach
 the sidecar's admin server on its default 127.0.0.1. With ``probes="http"`` (the default) the
-injected sidecar binds the admin server to ``0.0.0.0:15000`` and is probed with ``GET /readyz``
-and ``GET /healthz``: cheap, no process started per probe. Everything on the admin server is a
+injected sidecar binds the admin server to ``0.0.0.0:<admin port>`` and is probed with HTTP
+GETs: cheap, no process started per probe. Everything on the admin server is a
 read-only GET, but ``/routes`` and ``/decisions`` show tenants to anyone who can reach the pod's
 IP; a platform that treats tenants as confidential sets ``probes="exec"``, which keeps the admin
 server on 127.0.0.1 and probes it with a short Python one-liner run inside the container (one
 interpreter start per probe, about 30 ms of CPU).
+
+Readiness. A native sidecar's readiness counts towards its pod's ``Ready`` condition. The
+sidecar's ``/readyz`` goes 503 while Kafka or the route source cannot be reached; used as the
+readiness probe, a Kafka outage would take every consumer pod out of its Services (the app's
+own HTTP traffic with it) and stall rollouts and node drains behind PodDisruptionBudgets. So
+the readiness probe asks ``/healthz`` by default (the sidecar's process is up and serving: its
+publish endpoint takes requests), and ``readiness_path="/readyz"`` is there for an operator who
+wants a pod to be Ready only while it can consume.
 
 Start and stop ordering. A native sidecar (an init container with ``restartPolicy: Always``,
 Kubernetes 1.29+) is started before the app containers and stopped after them, which is what we
@@ -61,19 +87,30 @@ STATUS_ANNOTATION = PREFIX + "status"
 SIDECAR_LABEL = PREFIX + "sidecar"
 SIDECAR_LABEL_VALUE = "true"
 CONTAINER_NAME = "ktp-sidecar"
-ADMIN_PORT = 15000
-METRICS_PORT = 15090
+DEFAULT_ADMIN_PORT = 14000
+DEFAULT_PUBLISH_PORT = 14001
+DEFAULT_METRICS_PORT = 14090
+PORT_ANNOTATIONS = ("admin-port", "publish-port", "metrics-port")
+# Ports that mesh proxies listen on without always declaring them as containerPorts, by the
+# container name their injectors give them.
+MESH_PROXY_PORTS: dict[str, tuple[int, ...]] = {
+    "istio-proxy": (15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090),
+    "linkerd-proxy": (4140, 4143, 4190, 4191),
+    "daprd": (3500, 50001, 50002, 9090),
+    # Consul's Envoy admin, and the range Consul assigns its sidecar proxies' listeners from.
+    "consul-dataplane": (19000, *range(21000, 21256)),
+    "envoy-sidecar": (19000, *range(21000, 21256)),
+    "kuma-sidecar": (9901,),
+}
 PROBE_MODES = ("http", "exec")
+READINESS_PATHS = ("/healthz", "/readyz")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 SECRETS_DIR = "/var/run/secrets/kafka-tenant-proxy"
 SASL_VOLUME = "ktp-kafka-sasl"
 CA_VOLUME = "ktp-kafka-ca"
 CLIENT_CERT_VOLUME = "ktp-kafka-client-cert"
-PROMETHEUS_ANNOTATIONS = {
-    "prometheus.io/scrape": "true",
-    "prometheus.io/port": str(METRICS_PORT),
-    "prometheus.io/path": "/metrics",
-}
+ROUTES_TOKEN_VOLUME = "ktp-routes-token"
+DOWNWARD_ENV = (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"))
 EXEC_PROBE_SCRIPT = (
     "import sys, urllib.request; "
     "sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout=2).status == 200 "
@@ -82,12 +119,15 @@ EXEC_PROBE_SCRIPT = (
 
 # Sidecar options a pod may not set: the Kafka connection and its secret files are the
 # platform's (from the injector), and the admin and metrics ports are fixed because the probes
-# and the scrape annotations point at them. app-token-file would name a file the sidecar has no
-# way to get from an annotation.
+# and the scrape annotations point at them (the *-port annotations move them). app-token-file and
+# routes-token-file would name files the sidecar has no way to get from an annotation. The
+# instance id comes from the pod's name (see the module docstring).
 _PLATFORM_OPTIONS = frozenset(o.name for o in KAFKA_OPTIONS) | {
     "admin-addr",
     "metrics-addr",
+    "publish-addr",
     "app-token-file",
+    "routes-token-file",
 }
 POD_OPTIONS: tuple[Option, ...] = tuple(
     o for o in SIDECAR_OPTIONS if o.name not in _PLATFORM_OPTIONS
@@ -101,6 +141,7 @@ INJECTOR_ANNOTATIONS = (
     "app-port",
     "app-path",
     "native-sidecar",
+    *PORT_ANNOTATIONS,
     *RESOURCE_ANNOTATIONS,
 )
 KNOWN_ANNOTATIONS = frozenset(INJECTOR_ANNOTATIONS) | _POD_OPTION_NAMES
@@ -209,6 +250,37 @@ class Resources:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SidecarPorts:
+    """The sidecar's three listeners in the pod's network namespace."""
+
+    admin: int = DEFAULT_ADMIN_PORT
+    publish: int = DEFAULT_PUBLISH_PORT
+    metrics: int = DEFAULT_METRICS_PORT
+
+    def items(self) -> tuple[tuple[str, int], ...]:
+        """``(role, port)`` pairs, in a fixed order."""
+        return (("admin", self.admin), ("publish", self.publish), ("metrics", self.metrics))
+
+    def problems(self, prefix: str) -> list[str]:
+        """Messages for ports out of range or used twice; ``prefix`` + role + ``-port`` names
+        each (``--sidecar-`` for the injector's options, the annotation prefix for a pod's)."""
+        found = [
+            f"{prefix}{role}-port: {port} is not a port (1-65535)"
+            for role, port in self.items()
+            if not 1 <= port <= 65535
+        ]
+        seen: dict[int, str] = {}
+        for role, port in self.items():
+            if port in seen:
+                found.append(
+                    f"{prefix}{seen[port]}-port and {prefix}{role}-port are both {port}; "
+                    "give each its own port"
+                )
+            seen.setdefault(port, role)
+        return found
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SidecarTemplate:
     """The platform's part of every injected sidecar, from the injector's own options.
 
@@ -230,10 +302,22 @@ class SidecarTemplate:
     app_max_concurrency: int | None = None
     native_sidecar: bool = True
     probes: str = "http"
+    readiness_path: str = "/healthz"
     resources: Resources = field(default_factory=Resources)
+    ports: SidecarPorts = field(default_factory=SidecarPorts)
+    image_pull_secrets: tuple[str, ...] = ()
+    routes_token_secret: SecretKeyRef | None = None
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = self.ports.problems("--sidecar-")
+        if self.readiness_path not in READINESS_PATHS:
+            problems.append(f"--readiness-path must be one of {', '.join(READINESS_PATHS)}")
+        for name in self.image_pull_secrets:
+            if not _SECRET_NAME.match(name):
+                problems.append(
+                    f"--sidecar-image-pull-secrets: {name!r} is not a Secret name "
+                    "(lowercase DNS subdomain)"
+                )
         if not self.image:
             problems.append("--sidecar-image is empty")
         if not self.bootstrap_servers:
@@ -276,6 +360,8 @@ class SidecarTemplate:
         if self.kafka_client_cert_secret is not None:
             env["ssl-certfile"] = f"{SECRETS_DIR}/kafka-client-cert/tls.crt"
             env["ssl-keyfile"] = f"{SECRETS_DIR}/kafka-client-cert/tls.key"
+        if self.routes_token_secret is not None:
+            env["routes-token-file"] = f"{SECRETS_DIR}/routes-token/token"
         return env
 
     def volumes(self) -> list[dict[str, Any]]:
@@ -295,6 +381,9 @@ class SidecarTemplate:
                     {"tls.crt": "tls.crt", "tls.key": "tls.key"},
                 )
             )
+        if self.routes_token_secret is not None:
+            ref = self.routes_token_secret
+            out.append(_secret_volume(ROUTES_TOKEN_VOLUME, ref.name, {ref.key: "token"}))
         return out
 
     def volume_mounts(self) -> list[dict[str, Any]]:
@@ -302,6 +391,7 @@ class SidecarTemplate:
             SASL_VOLUME: "kafka-sasl",
             CA_VOLUME: "kafka-ca",
             CLIENT_CERT_VOLUME: "kafka-client-cert",
+            ROUTES_TOKEN_VOLUME: "routes-token",
         }
         return [
             {"name": v["name"], "mountPath": f"{SECRETS_DIR}/{mounts[v['name']]}", "readOnly": True}
@@ -353,6 +443,7 @@ class PodOptions:
     env: dict[str, str]
     native_sidecar: bool
     resources: Resources
+    ports: SidecarPorts = field(default_factory=SidecarPorts)
 
 
 def plan(pod: Mapping[str, Any], template: SidecarTemplate) -> Outcome:
@@ -360,9 +451,14 @@ def plan(pod: Mapping[str, Any], template: SidecarTemplate) -> Outcome:
     metadata = _mapping(pod.get("metadata"))
     annotations = {str(k): str(v) for k, v in _mapping(metadata.get("annotations")).items()}
     spec = _mapping(pod.get("spec"))
+    # The annotation, or else the label of the same name: a label is what a webhook's
+    # objectSelector can see, so opting in by label keeps every other pod away from the webhook.
     raw_inject = annotations.get(INJECT_ANNOTATION)
     if raw_inject is None:
-        return Pass(f"no {INJECT_ANNOTATION} annotation")
+        raw_inject = _mapping(metadata.get("labels")).get(INJECT_ANNOTATION)
+    if raw_inject is None:
+        return Pass(f"no {INJECT_ANNOTATION} annotation or label")
+    raw_inject = str(raw_inject)
     try:
         wanted = _parse_bool(raw_inject)
     except ValueError as exc:
@@ -375,7 +471,50 @@ def plan(pod: Mapping[str, Any], template: SidecarTemplate) -> Outcome:
         options = read_annotations(annotations, template)
     except ConfigError as exc:
         return Refuse(f"kafka-tenant-proxy sidecar not injected: {exc}")
+    problems = pod_problems(spec, template, options)
+    if problems:
+        return Refuse(f"kafka-tenant-proxy sidecar not injected: {'; '.join(problems)}")
     return Inject(build_patch(pod, template, options))
+
+
+def pod_problems(
+    spec: Mapping[str, Any], template: SidecarTemplate, options: PodOptions
+) -> list[str]:
+    """What in the pod itself keeps the sidecar from running there: host networking, a port
+    another container holds, a volume name the sidecar's volumes would repeat."""
+    problems: list[str] = []
+    if spec.get("hostNetwork") is True:
+        problems.append(
+            "the pod uses hostNetwork, so the sidecar's ports would be the node's and clash "
+            "between pods on one node; remove hostNetwork or the "
+            f"{INJECT_ANNOTATION} annotation"
+        )
+    ours = {port: role for role, port in options.ports.items()}
+    for container in _containers(spec):
+        name = str(container.get("name"))
+        held: dict[int, str] = {}
+        for port in _list(container.get("ports")):
+            number = port.get("containerPort") if isinstance(port, Mapping) else None
+            if isinstance(number, int) and not isinstance(number, bool):
+                held.setdefault(number, "declares")
+        for number in MESH_PROXY_PORTS.get(name, ()):
+            held.setdefault(number, "listens on")
+        for number, how in sorted(held.items()):
+            if number in ours:
+                problems.append(
+                    f"container {name} {how} port {number}, the sidecar's {ours[number]} port; "
+                    f"move the sidecar's with the {annotation(ours[number] + '-port')} annotation"
+                )
+    taken = {
+        str(v.get("name")) for v in _list(spec.get("volumes")) if isinstance(v, Mapping)
+    }
+    for volume in template.volumes():
+        if volume["name"] in taken:
+            problems.append(
+                f"the pod already has a volume named {volume['name']}, the name of the "
+                "sidecar's own volume; rename the pod's volume"
+            )
+    return problems
 
 
 def read_annotations(annotations: Mapping[str, str], template: SidecarTemplate) -> PodOptions:
@@ -424,6 +563,21 @@ def read_annotations(annotations: Mapping[str, str], template: SidecarTemplate) 
         except ValueError as exc:
             problems.append(f"annotation {annotation('native-sidecar')}: {exc}")
 
+    if "instance-id" in valid and valid["instance-id"] != "none":
+        problems.append(
+            f"annotation {annotation('instance-id')}: on a pod template every replica would get "
+            "the same static member id and Kafka would fence all but one; remove it (the sidecar "
+            "takes its pod's name as its id) or set it to none"
+        )
+    ports = _ports(valid, template.ports, problems)
+    if ports is not None and "app-port" in valid and valid["app-port"].isdigit():
+        for role, port in ports.items():
+            if port == int(valid["app-port"]):
+                problems.append(
+                    f"annotation {annotation('app-port')}: {port} is also the sidecar's {role} "
+                    f"port; move one of them ({annotation(role + '-port')})"
+                )
+
     resources = Resources(
         **{
             name.replace("-", "_"): valid.get(
@@ -438,7 +592,29 @@ def read_annotations(annotations: Mapping[str, str], template: SidecarTemplate) 
         raise ConfigError("; ".join(problems))
 
     _check_as_sidecar(env, sources, template)
-    return PodOptions(env=env, native_sidecar=native, resources=resources)
+    return PodOptions(
+        env=env, native_sidecar=native, resources=resources, ports=ports or template.ports
+    )
+
+
+def _ports(
+    valid: Mapping[str, str], default: SidecarPorts, problems: list[str]
+) -> SidecarPorts | None:
+    """The sidecar's ports after the pod's ``*-port`` annotations, or ``None`` (with problems
+    added) when one is not a port or two collide."""
+    chosen = dict(default.items())
+    for role in chosen:
+        raw = valid.get(f"{role}-port")
+        if raw is None:
+            continue
+        if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+            problems.append(f"annotation {annotation(role + '-port')}: {raw!r} is not a port (1-65535)")
+            return None
+        chosen[role] = int(raw)
+    ports = SidecarPorts(**chosen)
+    found = ports.problems(PREFIX)
+    problems.extend(found)
+    return None if found else ports
 
 
 def _option_problem(option: Option, raw: str) -> str | None:
@@ -527,28 +703,40 @@ def _rename(message: str, sources: Mapping[str, str]) -> str:
 def sidecar_container(template: SidecarTemplate, options: PodOptions) -> dict[str, Any]:
     """The ``ktp-sidecar`` container."""
     values = {**template.platform_env(), **options.env}
-    if template.probes == "http":
-        values["admin-addr"] = f"0.0.0.0:{ADMIN_PORT}"
-    values["metrics-addr"] = f"0.0.0.0:{METRICS_PORT}"
+    ports = options.ports
+    admin_host = "0.0.0.0" if template.probes == "http" else "127.0.0.1"
+    values["admin-addr"] = f"{admin_host}:{ports.admin}"
+    values["publish-addr"] = f"127.0.0.1:{ports.publish}"
+    values["metrics-addr"] = f"0.0.0.0:{ports.metrics}"
+    # The pod's identity from the downward API: POD_NAME is the sidecar's static member id.
+    env: list[dict[str, Any]] = [
+        {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+        for name, path in DOWNWARD_ENV
+    ]
     # Env in the sidecar's option order, so the patch is stable and reads like `ktp sidecar -h`.
-    env = [{"name": o.env, "value": values[o.name]} for o in SIDECAR_OPTIONS if o.name in values]
-    ports = [{"name": "ktp-metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
+    env += [{"name": o.env, "value": values[o.name]} for o in SIDECAR_OPTIONS if o.name in values]
+    # Declared so that the scheduler's and other injectors' view of the pod's ports is complete
+    # (the publish port listens on 127.0.0.1 only, but the port is still taken in the pod).
+    declared = [
+        {"name": "ktp-metrics", "containerPort": ports.metrics, "protocol": "TCP"},
+        {"name": "ktp-publish", "containerPort": ports.publish, "protocol": "TCP"},
+    ]
     if template.probes == "http":
-        ports.insert(0, {"name": "ktp-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"})
+        declared.insert(0, {"name": "ktp-admin", "containerPort": ports.admin, "protocol": "TCP"})
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": template.image,
         "imagePullPolicy": template.image_pull_policy,
         "args": ["sidecar"],
         "env": env,
-        "ports": ports,
+        "ports": declared,
         "readinessProbe": {
-            **_probe(template.probes, "/readyz"),
+            **_probe(template.probes, ports.admin, template.readiness_path),
             "periodSeconds": 5,
             "failureThreshold": 3,
         },
         "livenessProbe": {
-            **_probe(template.probes, "/healthz"),
+            **_probe(template.probes, ports.admin, "/healthz"),
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
@@ -570,10 +758,10 @@ def sidecar_container(template: SidecarTemplate, options: PodOptions) -> dict[st
     return container
 
 
-def _probe(mode: str, path: str) -> dict[str, Any]:
+def _probe(mode: str, port: int, path: str) -> dict[str, Any]:
     if mode == "http":
-        return {"httpGet": {"path": path, "port": ADMIN_PORT}, "timeoutSeconds": 2}
-    script = EXEC_PROBE_SCRIPT.format(port=ADMIN_PORT, path=path)
+        return {"httpGet": {"path": path, "port": port}, "timeoutSeconds": 2}
+    script = EXEC_PROBE_SCRIPT.format(port=port, path=path)
     return {"exec": {"command": ["python", "-c", script]}, "timeoutSeconds": 3}
 
 
@@ -596,13 +784,23 @@ def build_patch(
     for volume in template.volumes():
         ops.append(_append(spec, "volumes", volume))
         spec = {**spec, "volumes": [*_list(spec.get("volumes")), volume]}
+    have = {
+        s.get("name") for s in _list(spec.get("imagePullSecrets")) if isinstance(s, Mapping)
+    }
+    for secret in template.image_pull_secrets:
+        if secret not in have:
+            ops.append(_append(spec, "imagePullSecrets", {"name": secret}))
+            spec = {
+                **spec,
+                "imagePullSecrets": [*_list(spec.get("imagePullSecrets")), {"name": secret}],
+            }
 
     # The pod has annotations (it is annotated to get here); it may have no labels.
     ops.append(_add_key("annotations", STATUS_ANNOTATION, "injected"))
     if "prometheus.io/scrape" not in _mapping(metadata.get("annotations")):
         # A pod that already sets its own scrape annotations keeps them: the app's metrics
         # matter more than ours, which a PodMonitor still finds by the ktp-metrics port.
-        for key, value in PROMETHEUS_ANNOTATIONS.items():
+        for key, value in prometheus_annotations(options.ports.metrics).items():
             ops.append(_add_key("annotations", key, value))
     if isinstance(metadata.get("labels"), Mapping):
         ops.append(_add_key("labels", SIDECAR_LABEL, SIDECAR_LABEL_VALUE))
@@ -611,6 +809,15 @@ def build_patch(
             {"op": "add", "path": "/metadata/labels", "value": {SIDECAR_LABEL: SIDECAR_LABEL_VALUE}}
         )
     return ops
+
+
+def prometheus_annotations(metrics_port: int) -> dict[str, str]:
+    """The scrape annotations of a pod whose sidecar serves metrics on ``metrics_port``."""
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(metrics_port),
+        "prometheus.io/path": "/metrics",
+    }
 
 
 def _append(spec: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import ssl
 import time
 from typing import Any, Self
 
+import aiohttp
 from aiohttp import web
 
 from proxy.admin.server import HttpServer, metrics_routes
@@ -127,13 +128,27 @@ class InjectorServer:
         outcome = "error"
         try:
             try:
-                review = json.loads(await request.read())
+                raw = await request.read()
+            except (ConnectionError, aiohttp.ClientPayloadError) as exc:
+                # The API server gave up (its timeoutSeconds) or the connection broke: nobody
+                # is left to answer, and it is not the injector's failure.
+                outcome = "disconnected"
+                log.info("client %s went away before sending its review: %s", request.remote, exc)
+                return web.Response(status=400)  # never read: the peer is gone
+            try:
+                review = json.loads(raw)
                 result = answer(review, self.config.template)
-            except (ValueError, web.HTTPRequestEntityTooLarge) as exc:
-                # json.JSONDecodeError and BadReview are ValueErrors: the caller sent garbage.
+            except (ValueError, RecursionError, web.HTTPRequestEntityTooLarge) as exc:
+                # json.JSONDecodeError and BadReview are ValueErrors: the caller sent garbage;
+                # RecursionError: JSON nested deeper than the parser goes.
                 outcome = "bad_request"
                 status = 413 if isinstance(exc, web.HTTPRequestEntityTooLarge) else 400
-                reason = "body too large" if status == 413 else str(exc)
+                if status == 413:
+                    reason = "body too large"
+                elif isinstance(exc, RecursionError):
+                    reason = "JSON nested too deeply"
+                else:
+                    reason = str(exc)
                 log.warning("refused a request from %s: %s", request.remote, reason)
                 return web.json_response(
                     {"error": f"not an AdmissionReview: {reason}"}, status=status

@@ -136,7 +136,7 @@ def _serialize(context: Context) -> str | None:
 
 def with_default_tenant(baggage: str | None, tenant_key: str, tenant: str) -> str | None:
     """Stamp ``tenant_key=tenant`` into baggage that carries no tenant (a sandbox pod's batch
-    jobs and crons: the seeds' "not request-scoped" flows). Baggage with a tenant is unchanged."""
+    jobs and crons: flows not scoped to a request). Baggage with a tenant is unchanged."""
     members = baggage_members(baggage)
     if otel_baggage.get_baggage(tenant_key, members):
         return baggage

@@ -1,4 +1,4 @@
-"""PublishServer: ``POST /v1/publish/<topic>`` on ``--publish-addr`` (default 127.0.0.1:15001).
+"""PublishServer: ``POST /v1/publish/<topic>`` on ``--publish-addr`` (default 127.0.0.1:14001).
 
 Lets the app produce without a Kafka client and keep the tenant without OpenTelemetry (see
 :mod:`proxy.publish.request` for what a request may carry). Answers:

@@ -195,7 +195,7 @@ class RouteServiceClient:
             return None
         try:
             body = json.loads(text) if text else None
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             body = None
         if status < 300:
             return body

@@ -146,7 +146,7 @@ def decode_record(key: bytes | None, value: bytes | None, offset: int, timestamp
         return RouteRecord(key_tenant, MappingProxyType({}), offset, timestamp_ms, deleted=True)
     try:
         body = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise RouteError(f"routes record at offset {offset}: value is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise RouteError(f"routes record at offset {offset}: value must be a JSON object")

@@ -64,6 +64,9 @@ def parse_put_body(raw: bytes) -> dict[str, str]:
         raise RequestError("body is not UTF-8") from exc
     except json.JSONDecodeError as exc:
         raise RequestError(f"body is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+    except RecursionError as exc:
+        # Deeper than the parser goes: bad input, not our failure.
+        raise RequestError("body is JSON nested too deeply") from exc
     if not isinstance(body, dict):
         raise RequestError('body must be a JSON object: {"routes": {"<service>": "<sandbox>"}}')
     unknown = sorted(str(key) for key in body if key not in _PUT_FIELDS)

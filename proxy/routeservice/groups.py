@@ -1,7 +1,7 @@
 """Sandbox consumer-group lifecycle: groups are deleted when no route sends records to them.
 
-Seeds: "when you delete the tenant, you should also delete its corresponding consumer group".
-The route service owns this (DESIGN.md) because it outlives sandbox pods: when a sandbox is torn
+Deleting a tenant's routes should also delete the consumer groups they made. The route service
+owns this because it outlives sandbox pods: when a sandbox is torn
 down its pods are gone, and nothing else would clean up after them.
 
 - A sandbox pod's sidecar *registers* its group ``G-X`` with its service and sandbox in a small
@@ -116,7 +116,7 @@ class SandboxGroup:
         try:
             data = json.loads(value)
             group, service, sandbox = data["group"], data["service"], data["sandbox"]
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise RouteError(f"sandbox group registration {key!r} is malformed: {exc}") from exc
         if not isinstance(group, str) or (key is not None and key != group.encode()):
             raise RouteError(f"sandbox group registration {key!r} names another group")

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.config import Option, parse_bool, parse_host_port, parse_positive_float, parse_positive_int
 from proxy.errors import BrokerError, ConfigError, ListenError, RouteSourceError
@@ -46,6 +47,7 @@ from proxy.routeservice.api import (
     parse_wait,
     token_matches,
 )
+from proxy.routeservice.metrics import RouteServiceMetrics
 from proxy.routeservice.groups import DEFAULT_GROUPS_TOPIC, DEFAULT_REAP_INTERVAL, GroupReaper
 from proxy.routeservice.store import RouteStore
 from proxy.routes.records import format_rfc3339
@@ -230,6 +232,10 @@ async def _answer_errors(request: web.Request, handler: Any, max_body_bytes: int
         return json_error(exc.status, message, headers)
     except asyncio.CancelledError:
         raise
+    except (ConnectionError, ClientPayloadError) as exc:
+        # The client went away mid-request: nobody to answer, and not our failure.
+        log.info("%s %s: client %s went away: %s", request.method, request.path, request.remote, exc)
+        return json_error(400, "the connection was closed before the request was read")
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return json_error(500, "internal error; see the route service's log")
@@ -256,13 +262,16 @@ class RouteService:
             interval=config.group_reap_interval,
         )
         self.host, self.port = config.listen
+        self.metrics = RouteServiceMetrics(self.store.tenant_count)
         self.app = web.Application(
-            client_max_size=config.max_body_bytes, middlewares=[_json_errors(config.max_body_bytes)]
+            client_max_size=config.max_body_bytes,
+            middlewares=[self.metrics.middleware(), _json_errors(config.max_body_bytes)],
         )
         self.app.add_routes(
             [
                 web.get("/healthz", self._healthz),
                 web.get("/readyz", self._readyz),
+                web.get("/metrics", self._metrics),
                 web.get("/v1/tenants", self._list_tenants),
                 web.get("/v1/tenants/{tenant}", self._get_tenant),
                 web.put("/v1/tenants/{tenant}", self._put_tenant),
@@ -374,6 +383,11 @@ class RouteService:
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        # Like the probes, open to anyone who reaches the port: labels carry no tenant names.
+        body = self.metrics.render()
+        return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 
     async def _readyz(self, _: web.Request) -> web.Response:
         checks = {"routes_synced": self.store.reader.synced, "stopping": self._stopping.is_set()}

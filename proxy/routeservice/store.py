@@ -164,6 +164,10 @@ class RouteStore:
         record = self._latest.get(tenant)
         return None if record is None or record.deleted else record
 
+    def tenant_count(self) -> int:
+        """Live tenants as read so far, without catching up (cheap enough for every scrape)."""
+        return sum(1 for r in self._latest.values() if not r.deleted)
+
     async def list_tenants(self) -> list[RouteRecord]:
         """Every live tenant's record, ordered by tenant."""
         await self.catch_up()

@@ -36,9 +36,9 @@ from proxy.routing.tenant import DEFAULT_TENANT_KEY
 DEFAULT_ROUTES = "kafka:"
 DEFAULT_ROUTES_TOPIC = "_ktp_routes"
 DEFAULT_GROUPS_TOPIC = "_ktp_sandbox_groups"
-DEFAULT_ADMIN_ADDR = "127.0.0.1:15000"
-DEFAULT_METRICS_ADDR = "0.0.0.0:15090"
-DEFAULT_PUBLISH_ADDR = "127.0.0.1:15001"
+DEFAULT_ADMIN_ADDR = "127.0.0.1:14000"
+DEFAULT_METRICS_ADDR = "0.0.0.0:14090"
+DEFAULT_PUBLISH_ADDR = "127.0.0.1:14001"
 DEFAULT_MAX_IN_FLIGHT = 16
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
 DEFAULT_DRAIN_TIMEOUT = 10.0
@@ -189,9 +189,9 @@ class SidecarConfig:
     dead_letter_topic: str | None = None
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     auto_offset_reset: str = "latest"
-    publish_addr: tuple[str, int] = ("127.0.0.1", 15001)
-    admin_addr: tuple[str, int] = ("127.0.0.1", 15000)
-    metrics_addr: tuple[str, int] = ("0.0.0.0", 15090)
+    publish_addr: tuple[str, int] = ("127.0.0.1", 14001)
+    admin_addr: tuple[str, int] = ("127.0.0.1", 14000)
+    metrics_addr: tuple[str, int] = ("0.0.0.0", 14090)
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
     session_timeout: float = DEFAULT_SESSION_TIMEOUT

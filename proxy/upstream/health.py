@@ -1,6 +1,6 @@
 """AppHealth: is the app ready to take deliveries?
 
-No record is fetched for delivery while the app is not healthy (DESIGN.md, ``--app-health-url``).
+No record is fetched for delivery while the app is not healthy (``--app-health-url``).
 The probe is a GET of ``--app-health-url`` (healthy on 2xx) or, by default, a TCP connect to the
 app URL's host and port. A delivery that cannot connect marks the app unhealthy at once, so the
 sidecar stops fetching instead of burning retry attempts on a restarting app.

@@ -2,7 +2,7 @@
 
 The client is our own, on asyncio Protocols (:mod:`proxy.upstream.connection`, with the
 response parser :mod:`proxy.upstream.response`), because the HTTP client decides the sidecar's
-throughput and CPU (DESIGN.md). Measured here against aiohttp's client, which it replaced: the
+throughput and CPU. Measured here against aiohttp's client, which it replaced: the
 deliver path spent two thirds of its CPU inside ``ClientSession._request`` (request objects,
 header preparation, timeout handles, stream readers, pool bookkeeping). A delivery is now one
 encoded head, one write, one future and one parse.

@@ -2,19 +2,23 @@
 
 :class:`ResponseParser` reads the responses of one connection, one request at a time (the sidecar
 never pipelines): feed it the bytes as they arrive, and it returns the :class:`Response` once the
-whole answer is in. What it follows (RFC 9112):
+whole answer is in. The bytes are parsed by llhttp (through httptools, as uvicorn does); on top
+of it we keep our own rules (RFC 9112):
 
-- status line ``HTTP/1.x NNN reason``; interim ``1xx`` answers are skipped (``101`` is an error:
-  we never ask to switch protocols);
+- status line ``HTTP/1.x NNN reason`` with a status from 100 to 599; interim ``1xx`` answers are
+  skipped (``101`` is an error: we never ask to switch protocols);
 - header fields ``name: value``, names as RFC 9110 tokens, values without controls other than
-  HTAB; obsolete line folding is an error;
-- the body: none for ``204`` and ``304``; ``Transfer-Encoding`` ending in ``chunked`` (trailers
-  read and ignored), or any other ``Transfer-Encoding`` read until the server closes;
-  ``Content-Length`` (repeated or listed values must agree), else until the server closes;
+  HTAB; obsolete line folding is an error; at most :data:`~proxy.http1.MAX_HEADER_FIELDS` fields
+  and :data:`~proxy.http1.MAX_HEAD_BYTES` of head (and as much again of trailers);
+- the body: none for ``1xx``, ``204`` and ``304``; ``Transfer-Encoding`` ending in ``chunked``
+  (once: ``chunked`` applied twice is an error; trailers read and ignored), or any other
+  ``Transfer-Encoding`` read until the server closes; a single ``Content-Length``, else until
+  the server closes;
 - whether the connection may carry another request: not after ``Connection: close``, an HTTP/1.0
   answer without ``Connection: keep-alive``, a body read until close, a message with both
-  ``Transfer-Encoding`` and ``Content-Length`` (a smuggling pattern, RFC 9112 section 6.3), bytes
-  beyond the answer, or a body too large to be worth draining.
+  ``Transfer-Encoding`` and ``Content-Length`` (a smuggling pattern, RFC 9112 section 6.3: read
+  as chunked, then the connection is dropped), bytes beyond the answer (other than empty lines,
+  which RFC 9112 section 2.2 lets a reader skip), or a body too large to be worth draining.
 
 Only the first :data:`MAX_KEPT_BYTES` of a body are kept (enough for a Dapr-style ``{"status":
 ...}``); up to :data:`MAX_DRAIN_BYTES` more are read and dropped so that the connection can be
@@ -24,25 +28,15 @@ Anything malformed raises :class:`ProtocolError` and the connection is not used 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import NamedTuple
 
-from proxy.http1 import BAD_HEAD_BYTES, MAX_CHUNK_LINE, MAX_HEAD_BYTES, NO_BODY_STATUSES, TOKEN
+import httptools
+
+from proxy.http1 import MAX_HEAD_BYTES, MAX_HEADER_FIELDS, NO_BODY_STATUSES, tokens
 
 MAX_KEPT_BYTES = 4096
 MAX_DRAIN_BYTES = 1024 * 1024
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
-_DIGITS = re.compile(rb"[0-9]{1,18}")
-
-# Header names seen before, raw bytes -> lower-case text: an app answers with the same few names,
-# so each is checked against the token grammar once. Bounded: a hostile app cannot grow it.
-_KNOWN_NAMES: dict[bytes, str] = {}
-_KNOWN_NAMES_MAX = 512
-
-# Parser states.
-_HEAD, _LENGTH, _CHUNK_SIZE_LINE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE = range(7)
 
 
 class ProtocolError(ValueError):
@@ -64,128 +58,88 @@ class Response(NamedTuple):
     keep_alive: bool
 
 
-def _name(raw: bytes) -> str:
-    known = _KNOWN_NAMES.get(raw)
-    if known is not None:
-        return known
-    if TOKEN.fullmatch(raw) is None:
-        raise ProtocolError(f"invalid header name {raw[:40]!r}")
-    name = raw.decode("ascii").lower()
-    if len(_KNOWN_NAMES) < _KNOWN_NAMES_MAX:
-        _KNOWN_NAMES[raw] = name
-    return name
+class _DrainLimit(Exception):
+    """Raised from the body callback to stop llhttp once the body is past :data:`MAX_DRAIN_BYTES`."""
 
 
-def _tokens(value: str) -> list[str]:
-    return [item.strip(" \t").lower() for item in value.split(",")]
+# How a body is framed, from its fields: the connection may be reused after the first two.
+_LENGTH, _CHUNKED, _CHUNKED_AND_LENGTH, _UNTIL_CLOSE = range(4)
 
 
-@dataclass(frozen=True, slots=True)
-class _Head:
-    """What a response head says: its status and fields, how its body is framed (the parser
-    state to read it with, and its length for ``_LENGTH``), and whether the connection may be
-    reused after it. ``interim`` for a 1xx."""
-
-    status: int
-    headers: Mapping[str, str]
-    state: int
-    length: int
-    keep_alive: bool
-    interim: bool = False
-
-
-# Parsed heads by their bytes: an app answers most deliveries with the same head (or one that
-# changes once a second, with a Date field), so it is parsed once. Bounded in entries, and only
-# short heads are kept; the header mappings are shared between answers, read-only.
-_HEADS: dict[bytes, _Head] = {}
-_HEADS_MAX = 256
-_HEAD_CACHED_BYTES = 512
-_INTERIM = _Head(100, {}, _HEAD, 0, True, interim=True)
-
-
-def _parse_head(head: bytes) -> _Head:
-    """Parse a status line and header fields (RFC 9112, as the module doc says)."""
-    if BAD_HEAD_BYTES.search(head) is not None:
-        raise ProtocolError("control characters or a bare CR/LF in the response head")
-    lines = head.split(b"\r\n")
-    line = lines[0]
-    if len(line) < 12 or line[:7] != b"HTTP/1." or line[7] not in b"01" or line[8:9] != b" ":
-        raise ProtocolError(f"invalid status line {line[:40]!r}")
-    code = line[9:12]
-    if not code.isdigit() or (len(line) > 12 and line[12:13] != b" "):
-        raise ProtocolError(f"invalid status line {line[:40]!r}")
-    status = int(code)
-    if not 100 <= status <= 599:
-        raise ProtocolError(f"invalid status code {status}")
+def _read_fields(fields: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], int]:
+    """A head's fields as a mapping (lower-case names, repeated values joined with ``", "``),
+    and its body's framing. Raises :class:`ProtocolError` past our limits."""
+    if len(fields) > MAX_HEADER_FIELDS:
+        raise ProtocolError(f"more than {MAX_HEADER_FIELDS} header fields")
     headers: dict[str, str] = {}
-    for field in lines[1:]:
-        raw_name, colon, raw_value = field.partition(b":")
-        if not colon:
-            raise ProtocolError(f"invalid header field {field[:40]!r}")
-        name = _name(raw_name)  # a folded line starts with SP/HTAB: not a token, refused
-        value = raw_value.strip(b" \t").decode("latin-1")
-        previous = headers.get(name)
-        headers[name] = value if previous is None else f"{previous}, {value}"
-    if 100 <= status < 200:
-        if status == 101:
-            raise ProtocolError("101 Switching Protocols, which was not asked for")
-        return _INTERIM
-    connection = headers.get("connection")
-    tokens = _tokens(connection) if connection is not None else []
-    keep_alive = not ("close" in tokens or (line[7] == 0x30 and "keep-alive" not in tokens))  # 0x30: HTTP/1.0
+    size = 0
+    for name, value in fields:
+        size += len(name) + len(value)
+        key = name.decode("ascii").lower()  # llhttp let only a token through
+        text = value.rstrip(b" \t").decode("latin-1")  # llhttp strips leading whitespace only
+        previous = headers.get(key)
+        headers[key] = text if previous is None else f"{previous}, {text}"
+    if size > MAX_HEAD_BYTES:
+        raise ProtocolError(f"response head larger than {MAX_HEAD_BYTES} bytes")
     encoding = headers.get("transfer-encoding")
-    length = headers.get("content-length")
-    if status in NO_BODY_STATUSES:
-        return _Head(status, headers, _HEAD, 0, keep_alive)
-    if encoding is not None:
-        codings = _tokens(encoding)
-        if codings.count("chunked") > 1 or ("chunked" in codings and codings[-1] != "chunked"):
-            raise ProtocolError(f"invalid transfer-encoding {encoding[:40]!r}")
-        if codings[-1] == "chunked":
-            # With a content-length too, the framing is in doubt: not reused after.
-            return _Head(status, headers, _CHUNK_SIZE_LINE, 0, keep_alive and length is None)
-        return _Head(status, headers, _UNTIL_CLOSE, 0, False)
-    if length is not None:
-        values = {item.strip(" \t") for item in length.split(",")}
-        if len(values) != 1:
-            raise ProtocolError(f"conflicting content-length {length[:40]!r}")
-        (text,) = values
-        if _DIGITS.fullmatch(text.encode("latin-1")) is None:
-            raise ProtocolError(f"invalid content-length {length[:40]!r}")
-        size = int(text)
-        return _Head(status, headers, _LENGTH if size else _HEAD, size, keep_alive)
-    return _Head(status, headers, _UNTIL_CLOSE, 0, False)
+    if encoding is None:
+        return headers, _LENGTH if "content-length" in headers else _UNTIL_CLOSE
+    codings = tokens(encoding)
+    # llhttp takes chunked twice, or chunked before another coding as read until close.
+    if codings.count("chunked") > 1 or ("chunked" in codings and codings[-1] != "chunked"):
+        raise ProtocolError(f"invalid transfer-encoding {encoding[:40]!r}")
+    if codings[-1] != "chunked":
+        return headers, _UNTIL_CLOSE
+    return headers, _CHUNKED_AND_LENGTH if "content-length" in headers else _CHUNKED
 
 
 class ResponseParser:
-    """Reads the responses of one connection; see the module doc."""
+    """Reads the responses of one connection; see the module doc.
+
+    The ``on_*`` methods are llhttp's callbacks (httptools calls them from ``feed_data``); an
+    exception raised in one stops the parse and comes back as the ``__context__`` of httptools'
+    ``HttpParserCallbackError``, which :meth:`feed` unwraps.
+    """
 
     __slots__ = (
-        "_buffer",
+        "_answer",
+        "_beyond",
         "_drained",
-        "_head_bytes",
+        "_fields",
         "_headers",
         "_keep_alive",
         "_kept",
-        "_remaining",
-        "_state",
+        "_last_fields",
+        "_last_head",
+        "_parser",
+        "_pending",
         "_status",
+        "_until_close",
         "started",
     )
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._parser = httptools.HttpResponseParser(self)
+        # Without this, llhttp refuses an answer with both Transfer-Encoding and Content-Length;
+        # we read it as chunked (RFC 9112 section 6.3) and then drop the connection, as before.
+        self._parser.set_dangerous_leniencies(lenient_chunked_length=True)
+        self._last_fields: list[tuple[bytes, bytes]] = []
+        self._last_head: tuple[dict[str, str], int] = ({}, _UNTIL_CLOSE)
         self._reset()
 
     def _reset(self) -> None:
-        self._state = _HEAD
-        self._remaining = 0
+        self._answer: Response | None = None
+        self._beyond = False
         self._status = 0
-        self._headers: Mapping[str, str] = {}
+        self._headers: dict[str, str] = {}
+        self._fields: list[tuple[bytes, bytes]] = []
+        # Bytes fed since the last head, chunk line or body bytes: what llhttp may be holding in
+        # a field it has not finished, bounded so a head without end cannot grow without limit.
+        self._pending = 0
         self._kept = b""
         self._drained = 0
+        self._until_close = False
         self._keep_alive = True
-        self._head_bytes = 0
         # Whether any byte of the current answer arrived: a connection closed before that never
         # answered at all.
         self.started = False
@@ -194,127 +148,100 @@ class ResponseParser:
         """Take the next bytes; return the answer once it is complete, else None."""
         if data:
             self.started = True
-        buffer = self._buffer + data if self._buffer else data
-        self._buffer = b""
-        while True:
-            state = self._state
-            if state == _HEAD:
-                end = buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(buffer) > MAX_HEAD_BYTES:
-                        raise ProtocolError(f"response head larger than {MAX_HEAD_BYTES} bytes")
-                    self._buffer = buffer
-                    return None
-                if end > MAX_HEAD_BYTES:
-                    raise ProtocolError(f"response head larger than {MAX_HEAD_BYTES} bytes")
-                head, buffer = buffer[:end], buffer[end + 4 :]
-                if self._head(head):
-                    continue  # an interim 1xx answer: the real one follows
-                if self._state == _HEAD:
-                    return self._complete(buffer)  # no body
-            elif state == _LENGTH:
-                take = buffer[: self._remaining]
-                buffer = buffer[len(take) :]
-                self._remaining -= len(take)
-                if self._take(take):
-                    return self._complete(b"", keep_alive=False)
-                if self._remaining:
-                    return None
-                return self._complete(buffer)
-            elif state == _CHUNK_SIZE_LINE:
-                end = buffer.find(b"\r\n")
-                if end < 0:
-                    if len(buffer) > MAX_CHUNK_LINE:
-                        raise ProtocolError("chunk size line too long")
-                    self._buffer = buffer
-                    return None
-                match = _CHUNK_SIZE.fullmatch(buffer, 0, end)
-                if match is None:
-                    raise ProtocolError(f"invalid chunk size line {buffer[:min(end, 40)]!r}")
-                size = int(match.group(1), 16)
-                buffer = buffer[end + 2 :]
-                if size:
-                    self._state, self._remaining = _CHUNK_DATA, size
-                else:
-                    self._state = _TRAILERS
-            elif state == _CHUNK_DATA:
-                take = buffer[: self._remaining]
-                buffer = buffer[len(take) :]
-                self._remaining -= len(take)
-                if self._take(take):
-                    return self._complete(b"", keep_alive=False)
-                if self._remaining:
-                    return None
-                self._state = _CHUNK_END
-            elif state == _CHUNK_END:
-                if len(buffer) < 2:
-                    self._buffer = buffer
-                    return None
-                if buffer[:2] != b"\r\n":
-                    raise ProtocolError("chunk data not followed by CRLF")
-                buffer = buffer[2:]
-                self._state = _CHUNK_SIZE_LINE
-            elif state == _TRAILERS:
-                end = buffer.find(b"\r\n")
-                if end < 0:
-                    self._head_bytes += len(buffer)
-                    if self._head_bytes > MAX_HEAD_BYTES:
-                        raise ProtocolError(f"trailers larger than {MAX_HEAD_BYTES} bytes")
-                    self._buffer = buffer
-                    return None
-                line, buffer = buffer[:end], buffer[end + 2 :]
-                if not line:
-                    return self._complete(buffer)
-                self._head_bytes += end + 2
-                if self._head_bytes > MAX_HEAD_BYTES:
-                    raise ProtocolError(f"trailers larger than {MAX_HEAD_BYTES} bytes")
-                if BAD_HEAD_BYTES.search(line) or b":" not in line:
-                    raise ProtocolError(f"invalid trailer field {line[:40]!r}")
-            else:  # _UNTIL_CLOSE
-                if self._take(buffer):
-                    return self._complete(b"", keep_alive=False)
-                return None
+            self._pending += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _DrainLimit) or self._answer is not None:
+                # Too large to drain, or bytes beyond the answer that are not an answer: the
+                # answer stands, the connection is not reused.
+                return self._complete(keep_alive=False)
+            if isinstance(exc.__context__, ProtocolError):
+                raise exc.__context__ from None
+            raise ProtocolError(f"invalid response: {exc}") from None
+        if self._answer is not None:
+            return self._complete(keep_alive=not self._beyond)
+        if self._pending > MAX_HEAD_BYTES:
+            raise ProtocolError(f"response head or trailers larger than {MAX_HEAD_BYTES} bytes")
+        return None
 
     def feed_eof(self) -> Response:
         """The server closed the connection: the answer it completes (a body read until close),
         else :class:`ProtocolError` saying what was missing."""
-        if self._state == _UNTIL_CLOSE:
-            return self._complete(b"", keep_alive=False)
+        if self._until_close and self._answer is None:
+            self.on_message_complete()
+            return self._complete(keep_alive=False)
         if not self.started:
             raise ProtocolError("the connection was closed before any answer")
         raise ProtocolError("the connection was closed in the middle of the answer")
 
-    def _head(self, head: bytes) -> bool:
-        """Take a status line and header fields; set the body state. True for a 1xx."""
-        parsed = _HEADS.get(head)
-        if parsed is None:
-            parsed = _parse_head(head)
-            if len(head) <= _HEAD_CACHED_BYTES:
-                if len(_HEADS) >= _HEADS_MAX:
-                    _HEADS.clear()
-                _HEADS[head] = parsed
-        if parsed.interim:
-            return True
-        self._status = parsed.status
-        self._headers = parsed.headers
-        self._state = parsed.state
-        self._remaining = parsed.length
-        if not parsed.keep_alive:
-            self._keep_alive = False
-        return False
-
-    def _take(self, data: bytes) -> bool:
-        """Account for body bytes; True when the body is too large to drain."""
-        if data:
-            room = MAX_KEPT_BYTES - len(self._kept)
-            if room > 0:
-                self._kept += data[:room]
-            self._drained += len(data)
-        return self._drained > MAX_DRAIN_BYTES
-
-    def _complete(self, rest: bytes, keep_alive: bool = True) -> Response:
-        response = Response(
-            self._status, self._headers, self._kept, self._keep_alive and keep_alive and not rest
-        )
+    def _complete(self, keep_alive: bool) -> Response:
+        answer = self._answer
+        if answer is None:  # stopped in the body: what was kept is the answer
+            answer = Response(self._status, self._headers, self._kept, False)
+        elif not keep_alive:
+            answer = answer._replace(keep_alive=False)
         self._reset()
-        return response
+        return answer
+
+    # -- llhttp's callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        """A new message starts: after a complete answer, that is bytes beyond it."""
+        if self._answer is not None:
+            self._beyond = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """One header field, or after the head one trailer field (kept until the answer ends,
+        then dropped). Only collected: a call per field is the hot path, the checks are done
+        once per head, and :meth:`feed` bounds what an unfinished head holds."""
+        self._fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        """The head is in: check the status, read the fields, decide on keep-alive."""
+        parser = self._parser
+        status = parser.get_status_code()
+        if status == 101:
+            raise ProtocolError("101 Switching Protocols, which was not asked for")
+        if not 100 <= status <= 599:
+            raise ProtocolError(f"invalid status code {status}")
+        self._status = status
+        fields = self._fields
+        self._fields = []  # from here on: trailers
+        self._pending = 0
+        if status < 200:
+            return  # interim: llhttp ends it here, the real answer follows
+        # An app answers a connection's deliveries with the same fields (or fields that change
+        # once a second, with a Date): compared in C, they are read once. The mapping is shared
+        # between those answers, read-only.
+        if fields != self._last_fields:
+            self._last_head = _read_fields(fields)
+            self._last_fields = fields
+        self._headers, framing = self._last_head
+        if status in NO_BODY_STATUSES:
+            framing = _LENGTH
+        self._until_close = framing == _UNTIL_CLOSE
+        # llhttp's keep-alive (Connection, HTTP/1.0) is only right while the head is current.
+        # With both framings the connection is in doubt, and a body read until close ends it.
+        self._keep_alive = parser.should_keep_alive() and framing <= _CHUNKED
+
+    def on_chunk_header(self) -> None:
+        """A chunk-size line was read: what llhttp held is no longer pending."""
+        self._pending = 0
+
+    def on_body(self, body: bytes) -> None:
+        """Body bytes: keep the first :data:`MAX_KEPT_BYTES`, stop past :data:`MAX_DRAIN_BYTES`."""
+        # Clamped: in the feed that ends the head, the body's bytes were not counted as pending.
+        self._pending = max(0, self._pending - len(body))
+        room = MAX_KEPT_BYTES - len(self._kept)
+        if room > 0:
+            self._kept += body[:room]
+        self._drained += len(body)
+        if self._drained > MAX_DRAIN_BYTES:
+            raise _DrainLimit
+
+    def on_message_complete(self) -> None:
+        """The message is whole: an interim one is forgotten, a final one is the answer."""
+        if self._status < 200:
+            return
+        self._answer = Response(self._status, self._headers, self._kept, self._keep_alive)

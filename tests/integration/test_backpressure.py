@@ -16,6 +16,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+from proxy import compat
 from proxy.listener.partitions import MAX_PENDING_RECORDS, PartitionState
 from proxy.listener.kafka import Batch
 from proxy.sidecar.runtime import FETCH_MAX_RECORDS, Sidecar
@@ -152,8 +153,9 @@ class Watch:
             else:
                 self._all_blocked_since = None
             consumer = sidecar.listener._consumer
-            if consumer is not None and consumer._coordinator is not None and assigned:
-                generation = consumer._coordinator.generation
+            coordinator = compat.group_coordinator(consumer) if consumer is not None else None
+            if coordinator is not None and assigned:
+                generation = coordinator.generation
                 if not self.generations or self.generations[-1] != generation:
                     self.generations.append(generation)
                 if sidecar.listener.membership_lost:

@@ -7,6 +7,8 @@
   schemas in a usable form (``cloudcoil-models-prometheus-operator`` has them, but installs a
   pytest plugin that breaks the rest of the suite), so :data:`MONITOR_SCHEMA` is a strict subset
   written from the operator's API reference: the fields our chart uses, unknown ones refused.
+- cert-manager kinds (Issuer, Certificate): likewise a strict subset of cert-manager v1's CRDs
+  (:data:`CERT_MANAGER_SCHEMA`), written from its API reference for the fields the chart uses.
 - A few rules the API server enforces that no schema states (names unique, port names at most 15
   characters, ``restartPolicy`` only on init containers, mounts that name a volume).
 """
@@ -89,6 +91,99 @@ MONITOR_SCHEMA = {
     "ServiceMonitor": _monitor("endpoints"),
     "PodMonitor": _monitor("podMetricsEndpoints"),
 }
+_METADATA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "namespace"],
+    "properties": {
+        "name": {"type": "string", "maxLength": 63},
+        "namespace": {"type": "string"},
+        "labels": _STRING_MAP,
+        "annotations": _STRING_MAP,
+    },
+}
+_ISSUER_REF = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+        "group": {"type": "string"},
+    },
+}
+_GO_DURATION = {"type": "string", "pattern": "^([0-9]+(\\.[0-9]+)?(h|m|s|ms))+$"}
+
+
+def _cert_manager(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "cert-manager.io/v1"},
+            "kind": {"const": kind},
+            "metadata": _METADATA,
+            "spec": spec,
+        },
+    }
+
+
+CERT_MANAGER_SCHEMA = {
+    "Issuer": _cert_manager(
+        "Issuer",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "maxProperties": 1,
+            "properties": {
+                "selfSigned": {"type": "object", "additionalProperties": False},
+                "ca": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["secretName"],
+                    "properties": {"secretName": {"type": "string", "minLength": 1}},
+                },
+            },
+        },
+    ),
+    "Certificate": _cert_manager(
+        "Certificate",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["secretName", "issuerRef"],
+            "properties": {
+                "secretName": {"type": "string", "minLength": 1},
+                "isCA": {"type": "boolean"},
+                "commonName": {"type": "string", "maxLength": 64},
+                "dnsNames": {"type": "array", "items": {"type": "string"}},
+                "duration": _GO_DURATION,
+                "renewBefore": _GO_DURATION,
+                "usages": {
+                    "type": "array",
+                    "items": {
+                        "enum": [
+                            "server auth", "client auth", "digital signature",
+                            "key encipherment", "cert sign",
+                        ]
+                    },
+                },  # fmt: skip
+                "privateKey": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                        "size": {"type": "integer"},
+                        "rotationPolicy": {"enum": ["Never", "Always"]},
+                    },
+                },
+                "issuerRef": _ISSUER_REF,
+            },
+        },
+    ),
+}
 _PORT_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 
@@ -99,6 +194,12 @@ def validate(obj: dict[str, Any]) -> None:
     if obj.get("apiVersion") == "monitoring.coreos.com/v1":
         try:
             jsonschema.validate(obj, MONITOR_SCHEMA[obj["kind"]])
+        except jsonschema.ValidationError as exc:
+            raise AssertionError(f"{name}: {exc.json_path}: {exc.message}") from None
+        return
+    if obj.get("apiVersion") == "cert-manager.io/v1":
+        try:
+            jsonschema.validate(obj, CERT_MANAGER_SCHEMA[obj["kind"]])
         except jsonschema.ValidationError as exc:
             raise AssertionError(f"{name}: {exc.json_path}: {exc.message}") from None
         return
@@ -158,3 +259,22 @@ def check_pod_spec(spec: dict[str, Any], name: str) -> None:
             f"{name}: env repeats in {container['name']}"
         )
     assert all(n == 1 for n in ports.values()), f"{name}: port names repeat: {ports}"
+
+
+def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A metav1.LabelSelector evaluated as the API server does (an empty one matches all)."""
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values", [])
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True

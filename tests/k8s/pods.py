@@ -51,6 +51,14 @@ SIDECAR = {
     "imagePullPolicy": "IfNotPresent",
     "args": ["sidecar"],
     "env": [
+        {
+            "name": "POD_NAME",
+            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+        },
+        {
+            "name": "POD_NAMESPACE",
+            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
+        },
         {"name": "KTP_BOOTSTRAP_SERVERS", "value": "kafka.kafka.svc:9092"},
         {"name": "KTP_SECURITY_PROTOCOL", "value": "PLAINTEXT"},
         {"name": "KTP_SERVICE", "value": "orders-worker"},
@@ -58,21 +66,24 @@ SIDECAR = {
         {"name": "KTP_TOPICS", "value": "orders,payments"},
         {"name": "KTP_APP_URL", "value": "http://127.0.0.1:8080/events"},
         {"name": "KTP_ROUTES", "value": "kafka:"},
-        {"name": "KTP_ADMIN_ADDR", "value": "0.0.0.0:15000"},
-        {"name": "KTP_METRICS_ADDR", "value": "0.0.0.0:15090"},
+        {"name": "KTP_PUBLISH_ADDR", "value": "127.0.0.1:14001"},
+        {"name": "KTP_ADMIN_ADDR", "value": "0.0.0.0:14000"},
+        {"name": "KTP_METRICS_ADDR", "value": "0.0.0.0:14090"},
     ],
     "ports": [
-        {"name": "ktp-admin", "containerPort": 15000, "protocol": "TCP"},
-        {"name": "ktp-metrics", "containerPort": 15090, "protocol": "TCP"},
+        {"name": "ktp-admin", "containerPort": 14000, "protocol": "TCP"},
+        {"name": "ktp-metrics", "containerPort": 14090, "protocol": "TCP"},
+        {"name": "ktp-publish", "containerPort": 14001, "protocol": "TCP"},
     ],
+    # /healthz: a Kafka outage does not take the pod out of its Services (see patch.py).
     "readinessProbe": {
-        "httpGet": {"path": "/readyz", "port": 15000},
+        "httpGet": {"path": "/healthz", "port": 14000},
         "timeoutSeconds": 2,
         "periodSeconds": 5,
         "failureThreshold": 3,
     },
     "livenessProbe": {
-        "httpGet": {"path": "/healthz", "port": 15000},
+        "httpGet": {"path": "/healthz", "port": 14000},
         "timeoutSeconds": 2,
         "periodSeconds": 10,
         "failureThreshold": 3,
@@ -97,7 +108,7 @@ EXPECTED_PATCH = [
         "value": "injected",
     },
     {"op": "add", "path": "/metadata/annotations/prometheus.io~1scrape", "value": "true"},
-    {"op": "add", "path": "/metadata/annotations/prometheus.io~1port", "value": "15090"},
+    {"op": "add", "path": "/metadata/annotations/prometheus.io~1port", "value": "14090"},
     {"op": "add", "path": "/metadata/annotations/prometheus.io~1path", "value": "/metrics"},
     {"op": "add", "path": "/metadata/labels/kafka-tenant-proxy.io~1sidecar", "value": "true"},
 ]

@@ -25,6 +25,7 @@ from proxy.injector.config import INJECTOR_OPTIONS, InjectorConfig
 from proxy.injector.metrics import InjectorMetrics
 from proxy.injector.patch import Inject, plan
 from proxy.metrics import Metrics
+from proxy.routeservice.metrics import RouteServiceMetrics
 from tests.k8s import kube
 from tests.k8s.pods import TEMPLATE, consumer_pod
 
@@ -62,7 +63,7 @@ def one(docs: list[dict[str, Any]], kind: str, name_part: str = "") -> dict[str,
 
 
 def env_dict(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env", [])}
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
 # --- every scenario -------------------------------------------------------------------------
@@ -126,7 +127,7 @@ def test_injector_env_is_a_valid_injector_config(
     values = SCENARIOS[scenario]
     docs = render(chart, values)
     container = one(docs, "Deployment", "injector")["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["injector", "serve"]
+    assert container["args"][:2] == ["injector", "serve"]
     env = env_dict(container)
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {
@@ -149,16 +150,52 @@ def test_injector_env_is_a_valid_injector_config(
     secret = kafka.get("sasl", {}).get("passwordSecret")
     assert (template.sasl_password_secret is None) == (secret is None)
     assert config.listen == ("0.0.0.0", 8443)
+    sidecar = values.get("sidecar", {})
+    ports = {"admin": 14000, "publish": 14001, "metrics": 14090, **sidecar.get("ports", {})}
+    assert dict(template.ports.items()) == ports
+    assert template.readiness_path == sidecar.get("readinessPath", "/healthz")
+    assert template.image_pull_secrets == tuple(sidecar.get("imagePullSecrets", []))
+    token = sidecar.get("routesTokenSecret")
+    if token:
+        assert template.routes_token_secret is not None
+        assert (template.routes_token_secret.name, template.routes_token_secret.key) == (
+            token["name"],
+            token.get("key", "token"),
+        )
+    else:
+        assert template.routes_token_secret is None
+    assert env["KTP_METRICS_ADDR"] == "0.0.0.0:14090"  # the injector's own, beside a mesh
 
 
 # --- the injector's webhook -----------------------------------------------------------------
 
 
+SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", NAMESPACE)
+
+
+def namespace_labels(name: str, **labels: str) -> dict[str, str]:
+    """A namespace's labels as the API server sets them (it adds kubernetes.io/metadata.name)."""
+    return {"kubernetes.io/metadata.name": name, **labels}
+
+
 def test_webhook_selects_labelled_namespaces_and_pod_creation(chart: Chart) -> None:
     webhook = one(render(chart, {}), "MutatingWebhookConfiguration")["webhooks"][0]
     assert webhook["namespaceSelector"] == {
-        "matchLabels": {"kafka-tenant-proxy.io/injection": "enabled"}
+        "matchLabels": {"kafka-tenant-proxy.io/injection": "enabled"},
+        "matchExpressions": [
+            {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "NotIn",
+                "values": list(SYSTEM_NAMESPACES),
+            }
+        ],
     }
+    assert webhook["objectSelector"] == {
+        "matchExpressions": [
+            {"key": "kafka-tenant-proxy.io/inject", "operator": "NotIn", "values": ["false"]}
+        ]
+    }
+    assert webhook["timeoutSeconds"] <= 5
     assert webhook["failurePolicy"] == "Fail" and webhook["sideEffects"] == "None"
     assert webhook["rules"] == [
         {
@@ -178,14 +215,140 @@ def test_webhook_selects_labelled_namespaces_and_pod_creation(chart: Chart) -> N
     }
 
 
+NAMESPACE_SELECTORS = {
+    "default": None,
+    "every namespace": "{}",
+    "by team": "matchLabels:\n  team: shop\n",
+    "own expressions": "matchExpressions:\n  - key: env\n    operator: In\n    values: [dev, ci]\n",
+}
+
+
+@pytest.mark.parametrize("selector", sorted(NAMESPACE_SELECTORS))
+def test_system_and_own_namespaces_are_never_matched(chart: Chart, selector: str) -> None:
+    """Whatever namespaceSelector is given, the control plane's namespaces and the injector's
+    own never wait on the webhook, even when they carry every label the selector asks for."""
+    raw = NAMESPACE_SELECTORS[selector]
+    values = {} if raw is None else {"injector": {"webhook": {"namespaceSelector": raw}}}
+    rendered = one(render(chart, values), "MutatingWebhookConfiguration")["webhooks"][0]
+    chosen = rendered["namespaceSelector"]
+    all_labels = {"kafka-tenant-proxy.io/injection": "enabled", "team": "shop", "env": "dev"}
+    for name in SYSTEM_NAMESPACES:
+        assert not kube.selector_matches(chosen, namespace_labels(name, **all_labels)), name
+    assert kube.selector_matches(chosen, namespace_labels("shop", **all_labels))
+
+
+def test_namespace_selector_override_replaces_the_default(chart: Chart) -> None:
+    values = {"injector": {"webhook": {"namespaceSelector": NAMESPACE_SELECTORS["by team"]}}}
+    chosen = one(render(chart, values), "MutatingWebhookConfiguration")["webhooks"][0][
+        "namespaceSelector"
+    ]
+    # Not merged with the default's injection label: a team namespace without it is matched.
+    assert chosen["matchLabels"] == {"team": "shop"}
+    assert kube.selector_matches(chosen, namespace_labels("shop", team="shop"))
+    assert not kube.selector_matches(
+        chosen, namespace_labels("other", **{"kafka-tenant-proxy.io/injection": "enabled"})
+    )
+    # "{}" means every namespace but the excluded ones.
+    every = {"injector": {"webhook": {"namespaceSelector": "{}"}}}
+    chosen = one(render(chart, every), "MutatingWebhookConfiguration")["webhooks"][0][
+        "namespaceSelector"
+    ]
+    assert kube.selector_matches(chosen, namespace_labels("anything"))
+
+
+def test_a_selector_given_as_a_map_is_refused_not_merged(chart: Chart) -> None:
+    with pytest.raises(HelmError, match="namespaceSelector"):
+        render(chart, {"injector": {"webhook": {"namespaceSelector": {}}}})
+    with pytest.raises(HelmError, match="not a YAML map"):
+        render(chart, {"injector": {"webhook": {"objectSelector": "- a list"}}})
+
+
+def test_object_selector_skips_opted_out_pods_and_can_require_the_label(chart: Chart) -> None:
+    default = one(render(chart, {}), "MutatingWebhookConfiguration")["webhooks"][0]
+    selector = default["objectSelector"]
+    assert kube.selector_matches(selector, {"app": "web"})
+    assert not kube.selector_matches(selector, {"kafka-tenant-proxy.io/inject": "false"})
+    opt_in = {
+        "injector": {
+            "webhook": {"objectSelector": 'matchLabels: {kafka-tenant-proxy.io/inject: "true"}'}
+        }
+    }
+    selector = one(render(chart, opt_in), "MutatingWebhookConfiguration")["webhooks"][0][
+        "objectSelector"
+    ]
+    assert not kube.selector_matches(selector, {"app": "web"})
+    labelled = {"app": "orders-worker", "kafka-tenant-proxy.io/inject": "true"}
+    assert kube.selector_matches(selector, labelled)
+    # The injector takes the label as the opt-in, so such a pod needs no inject annotation.
+    annotations = {
+        k: v for k, v in consumer_pod()["metadata"]["annotations"].items() if not k.endswith("/inject")
+    }
+    pod = consumer_pod(annotations)
+    pod["metadata"]["labels"] = labelled
+    assert isinstance(plan(pod, TEMPLATE), Inject)
+
+
 @pytest.mark.parametrize("policy", ["Fail", "Ignore"])
 def test_failure_policy_is_a_value(chart: Chart, policy: str) -> None:
     docs = render(chart, {"injector": {"webhook": {"failurePolicy": policy}}})
     assert one(docs, "MutatingWebhookConfiguration")["webhooks"][0]["failurePolicy"] == policy
 
 
-def test_generated_certificate_is_signed_by_the_ca_bundle_for_the_service(chart: Chart) -> None:
+@pytest.mark.parametrize(
+    "scenario", [s for s, v in sorted(SCENARIOS.items()) if "tls" not in v.get("injector", {})
+                 or v["injector"]["tls"].get("mode") != "helm"]
+)
+def test_two_offline_renders_are_identical(chart: Chart, scenario: str) -> None:
+    """What a GitOps tool sees: no render-time randomness in certificates, so no permanent diff
+    and no sync that swaps the caBundle under a running injector. The one generated value left
+    is the route service's write token when none is supplied (kept by lookup on upgrade, and
+    helm.sh/resource-policy: keep); with routes.auth.existingSecret, renders are identical."""
+    values = SCENARIOS[scenario]
+    first, second = render(chart, values), render(chart, values)
+    if scenario == "default":
+        assert any(d["kind"] == "Certificate" for d in first)
+    if values.get("routes", {}).get("auth", {}).get("existingSecret"):
+        assert first == second
+        return
+
+    def without_token(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for doc in docs:
+            component = doc["metadata"]["labels"].get("app.kubernetes.io/component")
+            if doc["kind"] == "Secret" and component == "routes":
+                doc = {**doc, "data": {**doc["data"], "token": "generated"}}
+            out.append(doc)
+        return out
+
+    assert without_token(first) == without_token(second)
+    assert first != second, "the generated write token is expected to differ (see docstring)"
+
+
+def test_cert_manager_mode_is_the_default(chart: Chart) -> None:
     docs = render(chart, {})
+    webhook = one(docs, "MutatingWebhookConfiguration")
+    assert "caBundle" not in webhook["webhooks"][0]["clientConfig"]
+    volumes = one(docs, "Deployment", "injector")["spec"]["template"]["spec"]["volumes"]
+    secret_name = volumes[0]["secret"]["secretName"]
+    serving = next(
+        d for d in docs if d["kind"] == "Certificate" and d["spec"]["secretName"] == secret_name
+    )
+    assert webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        f"{NAMESPACE}/{serving['metadata']['name']}"
+    )
+    assert f"ktp-kafka-tenant-proxy-injector.{NAMESPACE}.svc" in serving["spec"]["dnsNames"]
+    assert "server auth" in serving["spec"]["usages"]
+    # A long-lived CA of our own signs it, so renewing the serving certificate keeps the caBundle.
+    ca_issuer = one(docs, "Issuer", "injector-ca")
+    assert serving["spec"]["issuerRef"] == {"kind": "Issuer", "name": ca_issuer["metadata"]["name"]}
+    ca = one(docs, "Certificate", "injector-ca")
+    assert ca["spec"]["isCA"] is True and ca_issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
+    assert ca["spec"]["issuerRef"]["name"] == one(docs, "Issuer", "selfsigned")["metadata"]["name"]
+    assert not [d for d in docs if d["kind"] == "Secret" and "injector" in d["metadata"]["name"]]
+
+
+def test_generated_certificate_is_signed_by_the_ca_bundle_for_the_service(chart: Chart) -> None:
+    docs = render(chart, {"injector": {"tls": {"mode": "helm"}}})
     secret = one(docs, "Secret", "injector-tls")
     assert secret["type"] == "kubernetes.io/tls"
     ca_bundle = one(docs, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["caBundle"]
@@ -219,12 +382,15 @@ def test_supplied_certificate(chart: Chart) -> None:
     assert volumes[0]["secret"]["secretName"] == "ktp-injector-tls"
 
 
-def test_cert_manager_injects_the_ca(chart: Chart) -> None:
+def test_cert_manager_with_the_platforms_issuer(chart: Chart) -> None:
     docs = render(chart, SCENARIOS["cert-manager-values"])
     webhook_config = one(docs, "MutatingWebhookConfiguration")
     assert "caBundle" not in webhook_config["webhooks"][0]["clientConfig"]
-    assert webhook_config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].endswith(
-        "/ktp-injector-cert"
+    serving = one(docs, "Certificate")
+    assert serving["spec"]["issuerRef"] == {"kind": "ClusterIssuer", "name": "corp-ca"}
+    assert not [d for d in docs if d["kind"] == "Issuer"]
+    assert webhook_config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        f"{NAMESPACE}/{serving['metadata']['name']}"
     )
 
 
@@ -278,6 +444,64 @@ def test_route_service_args_are_accepted_by_ktp(chart: Chart) -> None:
         assert str(Path(env[name]).parent) in mounts
 
 
+def test_route_service_auth_extra_args_and_env(chart: Chart) -> None:
+    """Read access for sidecars on http:// routes: a read-token file, or --public-reads; the
+    args, with extraArgs, are parsed by `ktp routes serve` itself."""
+    from proxy.cli import build_parser
+
+    docs = render(chart, SCENARIOS["template-only-values"])
+    pod = one(docs, "Deployment", "routes")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    parsed = build_parser().parse_args(container["args"])
+    assert parsed.read_token_file == "/var/run/secrets/kafka-tenant-proxy/routes-read/token"
+    assert parsed.max_tenants == "5000"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "read-token")
+    assert parsed.read_token_file.startswith(mount["mountPath"] + "/")
+    volume = next(v for v in pod["volumes"] if v["name"] == "read-token")
+    assert volume["secret"]["secretName"] == "ktp-routes-read"
+    assert env_dict(container)["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://otel")
+    public = render(chart, {"routes": {"auth": {"publicReads": True}}})
+    args = one(public, "Deployment", "routes")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert build_parser().parse_args(args).public_reads == "true"
+    assert "--read-token-file" not in args
+
+
+def test_http_routes_need_a_token_or_public_reads(chart: Chart) -> None:
+    http = {"sidecar": {"routes": "http://ktp-routes.ktp.svc:8080"}}
+    with pytest.raises(HelmError, match="sidecar.routesTokenSecret.name"):
+        render(chart, http)
+    render(chart, {**http, "routes": {"auth": {"publicReads": True}}})
+
+
+def test_topology_spread_gets_the_components_pods_as_selector(chart: Chart) -> None:
+    docs = render(chart, SCENARIOS["platform-values"])
+    deployment = one(docs, "Deployment", "injector")
+    (constraint,) = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert constraint["topologyKey"] == "topology.kubernetes.io/zone"
+    assert constraint["labelSelector"] == {
+        "matchLabels": deployment["spec"]["selector"]["matchLabels"]
+    }
+    assert "topologySpreadConstraints" not in one(render(chart, {}), "Deployment", "injector")[
+        "spec"
+    ]["template"]["spec"]
+
+
+def test_network_policies_open_only_the_service_ports(chart: Chart) -> None:
+    docs = render(chart, SCENARIOS["platform-values"])
+    assert not [d for d in render(chart, {}) if d["kind"] == "NetworkPolicy"]
+    for component in ("routes", "injector"):
+        policy = one(docs, "NetworkPolicy", component)
+        deployment = one(docs, "Deployment", component)
+        assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
+        named = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+        opened = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        assert opened <= named, f"{component}: {opened - named} is no port of the container"
+    metrics_rule = one(docs, "NetworkPolicy", "injector")["spec"]["ingress"][1]
+    assert metrics_rule["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"
+    }
+
+
 def test_helm_test_hook_calls_the_route_service(chart: Chart) -> None:
     docs = render(chart, {})
     pod = one(docs, "Pod", "test")
@@ -317,7 +541,11 @@ def test_rbac_lets_only_the_named_subjects_read_the_token(chart: Chart) -> None:
 
 def exposed_metric_names() -> set[str]:
     names = set()
-    for registry in (Metrics().registry, InjectorMetrics().registry):
+    for registry in (
+        Metrics().registry,
+        InjectorMetrics().registry,
+        RouteServiceMetrics(lambda: 0).registry,
+    ):
         for family in registry.collect():
             suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(
                 family.type, [""]
@@ -328,14 +556,17 @@ def exposed_metric_names() -> set[str]:
 
 def test_monitors_and_dashboard(chart: Chart) -> None:
     docs = render(chart, SCENARIOS["monitoring-values"])
-    service_monitor = one(docs, "ServiceMonitor")
-    injector_service = one(docs, "Service", "injector")
-    assert (
-        service_monitor["spec"]["selector"]["matchLabels"] == injector_service["spec"]["selector"]
+    for component in ("injector", "routes"):
+        service_monitor = one(docs, "ServiceMonitor", component)
+        service = one(docs, "Service", component)
+        assert service_monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+        assert service_monitor["spec"]["endpoints"][0]["port"] in {
+            p["name"] for p in service["spec"]["ports"]
+        }
+    routes_pod = one(docs, "Deployment", "routes")["spec"]["template"]
+    assert routes_pod["metadata"]["annotations"]["prometheus.io/port"] == str(
+        routes_pod["spec"]["containers"][0]["ports"][0]["containerPort"]
     )
-    assert service_monitor["spec"]["endpoints"][0]["port"] in {
-        p["name"] for p in injector_service["spec"]["ports"]
-    }
     pod_monitor = one(docs, "PodMonitor")
     # The PodMonitor finds what the injector adds: its label and its named metrics port.
     patched = consumer_pod()
@@ -366,6 +597,21 @@ def test_dashboard_queries_only_metrics_that_exist() -> None:
     assert contract <= used, f"DESIGN.md's metrics missing from the dashboard: {contract - used}"
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+    # Stalled partitions and the publish endpoint have panels of their own.
+    assert {
+        "ktp_partition_stalled", "ktp_publish_requests_total", "ktp_publish_duration_seconds_bucket",
+    } <= used  # fmt: skip
+    # No two panels overlap on the grid.
+    cells: set[tuple[int, int]] = set()
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        mine = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not mine & cells, f"panel {panel['id']} overlaps another"
+        cells |= mine
 
 
 # --- values: documented, in the schema, validated -------------------------------------------
@@ -429,8 +675,20 @@ def test_validate_values_fails_with_every_message_at_once(chart: Chart) -> None:
             "securityProtocol": "SASL_PLAINTEXT",
             "tls": {"clientCertSecret": "c"},
         },
-        "injector": {"tls": {"existingSecret": "x"}},
-        "routes": {"replicaCount": 2, "pdb": {"minAvailable": 2}},
+        "injector": {
+            "tls": {"mode": "secret", "existingSecret": "x"},
+            "resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "512Mi"}},
+        },
+        "routes": {
+            "replicaCount": 2,
+            "pdb": {"minAvailable": 2},
+            "auth": {"publicReads": True, "readTokenSecret": {"name": "r"}},
+        },
+        "sidecar": {
+            "resources": {"requests": {"cpu": "1.5"}, "limits": {"cpu": "1200m"}},
+            "ports": {"admin": 14000, "publish": 14000, "metrics": 14090},
+            "routes": "http://routes.example:8080",
+        },
     }
     with pytest.raises(HelmError) as caught:
         render(chart, bad)
@@ -442,6 +700,10 @@ def test_validate_values_fails_with_every_message_at_once(chart: Chart) -> None:
         "kafka.tls.clientCertSecret",
         "injector.tls.caBundle",
         "routes.pdb.minAvailable",
+        "injector.resources.requests.memory: 1Gi is above injector.resources.limits.memory 512Mi",
+        "sidecar.resources.requests.cpu: 1.5 is above sidecar.resources.limits.cpu 1200m",
+        "sidecar.ports",
+        "routes.auth.readTokenSecret.name",
     ):
         assert expected in message, f"{expected} missing from: {message}"
 
@@ -507,7 +769,9 @@ def consumer_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("scenario", ["default", "sasl-ssl-values", "existing-tls-values"])
+@pytest.mark.parametrize(
+    "scenario", ["default", "sasl-ssl-values", "existing-tls-values", "platform-values"]
+)
 def test_named_template_gives_the_container_the_injector_gives(
     consumer_chart: Path, scenario: str, tmp_path: Path
 ) -> None:
@@ -564,8 +828,10 @@ def test_named_template_gives_the_container_the_injector_gives(
     assert pod_spec.get("volumes", []) == flat
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert labels["kafka-tenant-proxy.io/sidecar"] == "true"
+    scrape_port = next(op for op in outcome.patch if op["path"].endswith("prometheus.io~1port"))
     assert (
-        deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "15090"
+        deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
+        == scrape_port["value"]
     )
 
 
@@ -581,3 +847,23 @@ def test_named_template_refuses_what_the_injector_refuses(
         pytest.raises(HelmError, match='option "service" is required'),
     ):
         render(chart, {"kafka-tenant-proxy": {"routes": {"enabled": False}}})
+
+
+def test_pod_annotations_template_follows_a_moved_metrics_port(
+    consumer_chart: Path, tmp_path: Path
+) -> None:
+    """A team that moves one pod's metrics port gives the same port to the annotations."""
+    moved = tmp_path / "orders-worker"
+    shutil.copytree(consumer_chart, moved)
+    (moved / "templates" / "annotations.yaml").write_text(
+        "{{- $ktp := index .Subcharts \"kafka-tenant-proxy\" }}\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: scrape\n  annotations:\n"
+        "    {{- include \"kafka-tenant-proxy.sidecarPodAnnotations\" "
+        "(dict \"chart\" $ktp \"metrics-port\" 9464) | nindent 4 }}\n"
+    )
+    with Chart.load(moved) as chart:
+        docs = render(chart, {"kafka-tenant-proxy": {"routes": {"enabled": False}}})
+    scrape = next(d for d in docs if d["metadata"]["name"] == "scrape")
+    assert scrape["metadata"]["annotations"]["prometheus.io/port"] == "9464"
+    default = next(d for d in docs if d["metadata"]["name"] == "orders-worker-pr-42")
+    assert default["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "14090"

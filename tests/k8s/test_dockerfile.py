@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -56,6 +57,38 @@ def final_stage() -> list[tuple[str, str]]:
 
 def test_hadolint_finds_nothing() -> None:
     assert hadolint(DOCKERFILE) == []
+
+
+def test_no_syntax_directive() -> None:
+    """A ``# syntax=`` line makes BuildKit pull a frontend image before building: air-gapped
+    builders fail on it. The built-in frontend reads this Dockerfile."""
+    first_lines = DOCKERFILE.read_text().splitlines()[:5]
+    assert not any(line.replace(" ", "").lower().startswith("#syntax=") for line in first_lines)
+    assert "# syntax=" not in DOCKERFILE.read_text()
+
+
+def test_dependencies_in_the_image_are_pinned() -> None:
+    """The build installs with image-constraints.txt, which pins the whole runtime closure of the
+    package to versions its own requirement ranges accept."""
+    from packaging.requirements import Requirement
+
+    from scripts.image_constraints import closure, normalize
+
+    installs = [args for word, args in instructions(DOCKERFILE.read_text()) if word == "RUN"]
+    assert any("--constraint image-constraints.txt" in args for args in installs)
+    pins: dict[str, str] = {}
+    for line in (ROOT / "image-constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"{line!r} is not an exact pin"
+            pins[normalize(name)] = version
+    assert set(closure()) <= set(pins), f"not pinned: {set(closure()) - set(pins)}"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for raw in project["dependencies"]:
+        requirement = Requirement(raw)
+        if requirement.marker is None or requirement.marker.evaluate():
+            pinned = pins[normalize(requirement.name)]
+            assert requirement.specifier.contains(pinned), f"{pinned} outside {requirement}"
 
 
 def test_hadolint_does_catch_problems(tmp_path: Path) -> None:
@@ -132,7 +165,7 @@ def context_files() -> list[Path]:
 
 def test_dockerignore_keeps_secrets_and_clutter_out() -> None:
     kept = {p.parts[0] for p in context_files()}
-    assert kept == {"pyproject.toml", "README.md", "proxy"}
+    assert kept == {"pyproject.toml", "README.md", "image-constraints.txt", "proxy"}
 
 
 def test_the_build_stage_inputs_build_the_package(tmp_path: Path) -> None:
@@ -177,7 +210,7 @@ def test_the_build_stage_inputs_build_the_package(tmp_path: Path) -> None:
     assert not any(n.startswith("tests/") for n in names)
 
 
-@pytest.mark.parametrize("port", [8080, 8443, 15000, 15090])
+@pytest.mark.parametrize("port", [8080, 8443, 14000, 14001, 14090])
 def test_exposed_ports_match_the_chart_and_injector(port: int) -> None:
     exposed = " ".join(args for word, args in final_stage() if word == "EXPOSE").split()
     assert str(port) in exposed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import signal
 import socket
@@ -242,3 +243,45 @@ async def test_command_refuses_bad_options(certs: Pki) -> None:
     _, stderr = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 2
     assert "--sidecar-memory-request" in stderr.decode() and "above the limit" in stderr.decode()
+
+
+async def metrics_text(server: InjectorServer) -> str:
+    url = f"http://127.0.0.1:{server.metrics_server.port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return await resp.text()
+
+
+async def test_deeply_nested_json_is_a_bad_request(injector: InjectorServer, certs: Pki) -> None:
+    """100,000 nested arrays (200 KB, under the body limit) overflow a recursive parser: that is
+    the caller's bad input (400), not the injector's failure (500)."""
+    status, body = await post_review(injector, certs.ca, b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400, body
+    assert "nested" in body["error"]
+    text = await metrics_text(injector)
+    assert 'ktp_injector_reviews_total{outcome="bad_request"} 1.0' in text
+    assert 'ktp_injector_reviews_total{outcome="error"} 0.0' in text
+
+
+async def test_a_client_that_disconnects_is_not_an_error(
+    injector: InjectorServer, certs: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API server gives up on a slow call (timeoutSeconds) by closing the connection: that
+    is counted as such and logged without a traceback."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", injector.port, ssl=client_tls(certs.ca), server_hostname="localhost"
+    )
+    writer.write(
+        b"POST /inject HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
+        b"content-length: 100000\r\n\r\n" + b'{"apiVersion": "admission.k8s.io/v1", "kind"'
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    for _ in range(100):
+        text = await metrics_text(injector)
+        if 'outcome="disconnected"} 1.0' in text:
+            break
+        await asyncio.sleep(0.05)
+    assert 'ktp_injector_reviews_total{outcome="disconnected"} 1.0' in text
+    assert 'ktp_injector_reviews_total{outcome="error"} 0.0' in text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

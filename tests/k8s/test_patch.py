@@ -68,7 +68,7 @@ def sidecar_of(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container["env"]}
+    return {e["name"]: e.get("value", "") for e in container["env"] if "value" in e}
 
 
 def with_annotations(**extra: str) -> dict[str, Any]:
@@ -107,7 +107,9 @@ def test_injected_environment_is_a_valid_sidecar_config() -> None:
         ("orders", "payments"),
     )
     assert config.app_url == "http://127.0.0.1:8080/events"
-    assert config.admin_addr == ("0.0.0.0", 15000)
+    assert config.admin_addr == ("0.0.0.0", 14000)
+    assert config.metrics_addr == ("0.0.0.0", 14090)
+    assert config.publish_addr == ("127.0.0.1", 14001)
     assert config.sandbox is None and config.consumer_group == "orders-worker"
 
 
@@ -244,10 +246,10 @@ def test_pod_resources_from_annotations() -> None:
 def test_exec_probes_keep_the_admin_server_on_loopback() -> None:
     template = SidecarTemplate(image="i", bootstrap_servers="k:9092", probes="exec")
     sidecar = sidecar_of(apply(consumer_pod(), plan(consumer_pod(), template)))
-    assert "KTP_ADMIN_ADDR" not in env_of(sidecar)
-    assert [p["name"] for p in sidecar["ports"]] == ["ktp-metrics"]
+    assert env_of(sidecar)["KTP_ADMIN_ADDR"] == "127.0.0.1:14000"
+    assert [p["name"] for p in sidecar["ports"]] == ["ktp-metrics", "ktp-publish"]
     assert sidecar["readinessProbe"]["exec"]["command"][:2] == ["python", "-c"]
-    assert "/readyz" in sidecar["readinessProbe"]["exec"]["command"][2]
+    assert "127.0.0.1:14000/healthz" in sidecar["readinessProbe"]["exec"]["command"][2]
 
 
 async def test_exec_probe_script_exits_by_the_status() -> None:
@@ -451,6 +453,13 @@ def test_every_injected_pod_shape_is_a_valid_pod(shape: dict[str, Any]) -> None:
     assert patched["spec"]["containers"][-1]["name"] == "app"
     assert patched["metadata"]["annotations"]["kafka-tenant-proxy.io/status"] == "injected"
     assert patched["metadata"]["labels"]["kafka-tenant-proxy.io/sidecar"] == "true"
+    # Every injected sidecar knows its pod, and takes the pod's name as its member id.
+    env = {e["name"]: e for e in sidecar_of(patched)["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {
+        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}
+    }
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert "KTP_INSTANCE_ID" not in env
     assert isinstance(plan(patched, template), Pass)
 
 

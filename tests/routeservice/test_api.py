@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from yarl import URL
 
 from proxy.routes.client import RouteServiceClient, RouteServiceError, TenantNotFound
-from proxy.routeservice.server import RouteService
+from proxy.routeservice.server import RouteService, RouteServiceConfig
 from proxy.routes.records import parse_rfc3339
 from proxy.routes.catchup import now_ms
 from tests.routeservice.conftest import TOKEN
@@ -170,3 +173,57 @@ async def test_token_rotation_needs_no_restart(service: RouteService, token_file
     Path(token_file).unlink()
     status, _, _ = await call(service, "DELETE", "/v1/tenants/r", headers={"authorization": "Bearer rotated-token"})
     assert status == 204
+
+
+async def test_deeply_nested_json_is_a_bad_request(service_config: RouteServiceConfig) -> None:
+    """100,000 nested arrays overflow a recursive parser: 400, not a 500 from a RecursionError."""
+    config = dataclasses.replace(service_config, max_body_bytes=300_000)
+    async with RouteService(config) as service:
+        deep = b'{"routes": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        status, body, _ = await call(
+            service, "PUT", "/v1/tenants/t", data=deep,
+            headers={**AUTH, "content-type": "application/json"},
+        )  # fmt: skip
+        assert status == 400, body
+        assert body == {"error": "body is JSON nested too deeply"}
+        assert (await call(service, "GET", "/v1/tenants/t"))[0] == 404
+
+
+async def test_a_client_that_disconnects_is_not_an_error(
+    service: RouteService, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = URL(service.url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(
+        b"PUT /v1/tenants/t HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        + f"authorization: Bearer {TOKEN}\r\ncontent-length: 4000\r\n\r\n".encode()
+        + b'{"routes": {"orders"'
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    await asyncio.sleep(0.3)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    # And the service still answers.
+    assert (await call(service, "GET", "/v1/tenants/t"))[0] == 404
+
+
+async def test_metrics_count_requests_by_route_template_without_tenant_names(
+    service: RouteService,
+) -> None:
+    assert (await call(service, "PUT", "/v1/tenants/acme-7", body={"routes": {"orders": "pr-1"}}))[0] == 200
+    assert (await call(service, "GET", "/v1/tenants/nobody"))[0] == 404
+    assert (await call(service, "GET", "/v1/nope"))[0] == 404
+    status, _, response = await call_text(service, "/metrics")
+    assert status == 200 and response.startswith("# HELP")
+    assert 'ktp_routes_requests_total{method="PUT",route="/v1/tenants/{tenant}",status="200"} 1.0' in response
+    assert 'ktp_routes_requests_total{method="GET",route="/v1/tenants/{tenant}",status="404"} 1.0' in response
+    assert 'ktp_routes_requests_total{method="GET",route="unmatched",status="404"} 1.0' in response
+    assert "ktp_routes_tenants 1.0" in response
+    assert "acme-7" not in response and "nobody" not in response
+
+
+async def call_text(service: RouteService, path: str) -> tuple[int, None, str]:
+    """An anonymous GET whose answer is text (metrics are open like the probes)."""
+    async with aiohttp.ClientSession() as session, session.get(service.url + path) as response:
+        return response.status, None, await response.text()

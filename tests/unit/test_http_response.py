@@ -7,6 +7,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from proxy.http1 import MAX_HEADER_FIELDS
 from proxy.upstream.response import (
     MAX_DRAIN_BYTES,
     MAX_KEPT_BYTES,
@@ -240,3 +241,70 @@ def test_a_head_without_end_is_refused_once_too_large() -> None:
     with pytest.raises(ProtocolError, match="larger"):
         for _ in range(100):
             parser.feed(b"x-filler: " + b"y" * 1000 + b"\r\n")
+
+
+# Where llhttp (through httptools) reads differently from the hand-written parser this module
+# had before, and what we decided. Each case pins the decision.
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # The old parser took repeated or listed Content-Length values that agree; llhttp refuses
+        # them, which RFC 9112 section 6.3 allows. Kept: no server we deliver to sends them.
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
+        # llhttp takes any three-digit status; our range check stays.
+        b"HTTP/1.1 600 Beyond\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 099 Below\r\ncontent-length: 0\r\n\r\n",
+        # llhttp reads "chunked" applied twice as chunked; RFC 9112 section 6.1 forbids it.
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+    ],
+)
+def test_what_llhttp_or_our_rules_refuse(raw: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse(raw)
+
+
+def test_more_header_fields_than_the_limit_are_refused() -> None:
+    fields = b"".join(b"x-%d: v\r\n" % i for i in range(MAX_HEADER_FIELDS + 1))
+    with pytest.raises(ProtocolError, match="header fields"):
+        parse(b"HTTP/1.1 200 OK\r\n" + fields + b"content-length: 0\r\n\r\n")
+    assert parse(b"HTTP/1.1 200 OK\r\n" + fields[: fields.index(b"x-99:")] + b"content-length: 0\r\n\r\n").keep_alive
+
+
+def test_empty_lines_around_an_answer_are_skipped_and_the_connection_kept() -> None:
+    # RFC 9112 section 2.2 lets a reader skip empty lines before a start line; llhttp does, so
+    # a stray CRLF after an answer no longer ends the connection (the old parser dropped it).
+    parser = ResponseParser()
+    first = parser.feed(b"\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok\r\n")
+    assert first is not None and (first.body, first.keep_alive) == (b"ok", True)
+    second = parser.feed(b"HTTP/1.1 503 Busy\r\ncontent-length: 0\r\n\r\n")
+    assert second is not None and second.status == 503
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokXYZ",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 2",
+    ],
+)
+def test_garbage_or_a_partial_answer_beyond_the_answer_keeps_the_answer_and_ends_the_connection(raw: bytes) -> None:
+    answer = ResponseParser().feed(raw)
+    assert answer is not None and (answer.status, answer.body, answer.keep_alive) == (200, b"ok", False)
+
+
+def test_a_chunked_body_of_many_small_chunks_is_not_taken_for_a_huge_head() -> None:
+    body = b"".join(b"1\r\nx\r\n" for _ in range(30000)) + b"0\r\n\r\n"
+    answer = parse(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + body)
+    assert (answer.body, answer.keep_alive) == (b"x" * MAX_KEPT_BYTES, True)
+
+
+def test_trailers_without_end_are_refused_once_too_large() -> None:
+    parser = ResponseParser()
+    assert parser.feed(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n") is None
+    with pytest.raises(ProtocolError, match="larger"):
+        for _ in range(100):
+            parser.feed(b"x-trailer: " + b"y" * 1000 + b"\r\n")

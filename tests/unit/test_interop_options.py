@@ -26,7 +26,7 @@ def parse(argv: list[str], env: dict[str, str] | None = None) -> SidecarConfig:
 def test_defaults() -> None:
     config = parse([])
     assert (config.format, config.publish_headers, config.default_tenant) == ("raw", (), None)
-    assert config.publish_addr == ("127.0.0.1", 15001)
+    assert config.publish_addr == ("127.0.0.1", 14001)
     assert (config.publish_max_bytes, config.publish_timeout, config.delivery_context_grace) == (1024 * 1024, 5.0, 30.0)
 
 

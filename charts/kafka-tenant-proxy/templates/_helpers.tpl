@@ -122,7 +122,11 @@ annotations:
 
 {{/* The Secret holding the injector's serving certificate. */}}
 {{- define "kafka-tenant-proxy.injector.tlsSecretName" -}}
-{{- default (printf "%s-tls" (include "kafka-tenant-proxy.injector.fullname" . | trunc 59 | trimSuffix "-")) .Values.injector.tls.existingSecret -}}
+{{- if eq .Values.injector.tls.mode "secret" -}}
+{{- .Values.injector.tls.existingSecret -}}
+{{- else -}}
+{{- printf "%s-tls" (include "kafka-tenant-proxy.injector.fullname" . | trunc 59 | trimSuffix "-") -}}
+{{- end -}}
 {{- end -}}
 
 {{/* In-cluster URL of the route service. */}}
@@ -237,6 +241,64 @@ podAntiAffinity:
 {{- end -}}
 {{- end -}}
 
+{{/* topologySpreadConstraints, each given the component's pods as labelSelector unless it has one. */}}
+{{- define "kafka-tenant-proxy.topologySpread" -}}
+{{- $out := list -}}
+{{- range $constraint := .constraints -}}
+{{- $c := deepCopy $constraint -}}
+{{- if not (hasKey $c "labelSelector") -}}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" (include "kafka-tenant-proxy.selectorLabels" (dict "context" $.context "component" $.component) | fromYaml)) -}}
+{{- end -}}
+{{- $out = append $out $c -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/*
+The webhook's namespaceSelector: the user's selector (a YAML string, so that Helm replaces it
+whole instead of merging it with the default) with the namespaces that must never wait on the
+injector always excluded: the control plane's, and the injector's own (its pods could not be
+created while it is down).
+*/}}
+{{- define "kafka-tenant-proxy.webhookNamespaceSelector" -}}
+{{- $selector := (tpl .Values.injector.webhook.namespaceSelector .) | fromYaml | default dict -}}
+{{- if hasKey $selector "Error" -}}
+{{- fail (printf "injector.webhook.namespaceSelector: not a YAML map: %s" (get $selector "Error")) -}}
+{{- end -}}
+{{- $excluded := dict "key" "kubernetes.io/metadata.name" "operator" "NotIn" "values" (list "kube-system" "kube-public" "kube-node-lease" .Release.Namespace | uniq) -}}
+{{- $_ := set $selector "matchExpressions" (append (get $selector "matchExpressions" | default list) $excluded) -}}
+{{- toYaml $selector -}}
+{{- end -}}
+
+{{/* The webhook's objectSelector, from its YAML string; renders nothing when empty. */}}
+{{- define "kafka-tenant-proxy.webhookObjectSelector" -}}
+{{- $selector := (tpl .Values.injector.webhook.objectSelector .) | fromYaml | default dict -}}
+{{- if hasKey $selector "Error" -}}
+{{- fail (printf "injector.webhook.objectSelector: not a YAML map: %s" (get $selector "Error")) -}}
+{{- end -}}
+{{- if $selector -}}
+{{- toYaml $selector -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A resource quantity ("250m", "1.5", "128Mi", 2) in base units, as a float: for comparing a
+request with its limit. The schema has already checked the form.
+*/}}
+{{- define "kafka-tenant-proxy.quantity" -}}
+{{- $raw := toString . -}}
+{{- $units := dict "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 "k" 1000.0 "M" 1000000.0 "G" 1000000000.0 "T" 1000000000000.0 "P" 1000000000000000.0 "E" 1000000000000000000.0 "m" 0.001 -}}
+{{- $factor := 1.0 -}}
+{{- $number := $raw -}}
+{{- range $suffix := list "Ki" "Mi" "Gi" "Ti" "Pi" "Ei" "k" "M" "G" "T" "P" "E" "m" -}}
+{{- if and (eq $factor 1.0) (hasSuffix $suffix $raw) -}}
+{{- $factor = index $units $suffix -}}
+{{- $number = trimSuffix $suffix $raw -}}
+{{- end -}}
+{{- end -}}
+{{- mulf (float64 $number) $factor -}}
+{{- end -}}
+
 {{/* A PodDisruptionBudget spec from a pdb value block. */}}
 {{- define "kafka-tenant-proxy.pdbSpec" -}}
 {{- if not (eq (toString .pdb.minAvailable) "") }}
@@ -272,11 +334,45 @@ Every check of the values that the schema cannot express, failed at once with al
 {{- if .Values.injector.enabled -}}
 {{- $tls := .Values.injector.tls -}}
 {{- $injectsCA := hasKey (.Values.injector.webhook.annotations | default dict) "cert-manager.io/inject-ca-from" -}}
-{{- if and $tls.existingSecret (empty $tls.caBundle) (not $injectsCA) -}}
+{{- if and (eq $tls.mode "secret") $tls.existingSecret (empty $tls.caBundle) (not $injectsCA) -}}
 {{- $messages = append $messages "injector.tls.caBundle: required with injector.tls.existingSecret (the base64 PEM CA that signed it), unless injector.webhook.annotations has cert-manager.io/inject-ca-from" -}}
 {{- end -}}
-{{- if and $tls.caBundle (empty $tls.existingSecret) -}}
-{{- $messages = append $messages "injector.tls.caBundle: only used with injector.tls.existingSecret; the chart generates its own CA otherwise" -}}
+{{- if and $tls.caBundle (ne $tls.mode "secret") -}}
+{{- $messages = append $messages "injector.tls.caBundle: only used with injector.tls.mode secret" -}}
+{{- end -}}
+{{- end -}}
+{{- $resourceBlocks := list (list "sidecar.resources" .Values.sidecar.resources) (list "routes.resources" .Values.routes.resources) (list "injector.resources" .Values.injector.resources) -}}
+{{- range $block := $resourceBlocks -}}
+{{- $name := index $block 0 -}}
+{{- $resources := index $block 1 | default dict -}}
+{{- range $kind := list "cpu" "memory" -}}
+{{- $request := toString (get ($resources.requests | default dict) $kind | default "") -}}
+{{- $limit := toString (get ($resources.limits | default dict) $kind | default "") -}}
+{{- if and $request $limit -}}
+{{- if gt (include "kafka-tenant-proxy.quantity" $request | float64) (include "kafka-tenant-proxy.quantity" $limit | float64) -}}
+{{- $messages = append $messages (printf "%s.requests.%s: %s is above %s.limits.%s %s; Kubernetes refuses such a container" $name $kind $request $name $kind $limit) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $ports := .Values.sidecar.ports -}}
+{{- if or (eq (int $ports.admin) (int $ports.publish)) (eq (int $ports.admin) (int $ports.metrics)) (eq (int $ports.publish) (int $ports.metrics)) -}}
+{{- $messages = append $messages (printf "sidecar.ports: admin %v, publish %v and metrics %v must be three different ports" $ports.admin $ports.publish $ports.metrics) -}}
+{{- end -}}
+{{- $auth := .Values.routes.auth -}}
+{{- if and $auth.publicReads $auth.readTokenSecret.name -}}
+{{- $messages = append $messages "routes.auth.readTokenSecret.name: has no use with routes.auth.publicReads; set one or the other" -}}
+{{- end -}}
+{{- if and (regexMatch "^https?://" (toString .Values.sidecar.routes)) (empty .Values.sidecar.routesTokenSecret.name) (not $auth.publicReads) -}}
+{{- $messages = append $messages "sidecar.routesTokenSecret.name: sidecars reading routes over HTTP need the route service's read token (create a Secret with it in every application namespace and name it here), or set routes.auth.publicReads" -}}
+{{- end -}}
+{{- if .Values.injector.enabled -}}
+{{- $tls := .Values.injector.tls -}}
+{{- if and $tls.existingSecret (ne $tls.mode "secret") -}}
+{{- $messages = append $messages (printf "injector.tls.existingSecret: only used with injector.tls.mode secret (the mode is %s)" $tls.mode) -}}
+{{- end -}}
+{{- if and (eq $tls.mode "secret") (empty $tls.existingSecret) -}}
+{{- $messages = append $messages "injector.tls.existingSecret: required with injector.tls.mode secret (a kubernetes.io/tls Secret in the release namespace)" -}}
 {{- end -}}
 {{- end -}}
 {{- range $component := list "routes" "injector" -}}

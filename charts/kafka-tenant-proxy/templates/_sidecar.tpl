@@ -23,7 +23,9 @@ Add this chart as a dependency of yours (its routes/injector may be disabled), t
 
 "options" takes the annotation names without their prefix: the sidecar's per-pod options
 (service, sandbox, group, topics, app-url, ordering, ...) and app-port, app-path, native-sidecar,
-cpu-request, cpu-limit, memory-request, memory-limit. With "native-sidecar" "false", put the
+admin-port, publish-port, metrics-port, cpu-request, cpu-limit, memory-request, memory-limit.
+With a moved metrics-port, give the same port to sidecarPodAnnotations:
+(dict "chart" ... "metrics-port" 9464), or leave the default. With "native-sidecar" "false", put the
 container first under containers instead of initContainers. Inside this chart, pass
 (dict "chart" $ ...).
 */}}
@@ -32,12 +34,15 @@ container first under containers instead of initContainers. Inside this chart, p
 {{- $ctx := .chart -}}
 {{- $v := $ctx.Values -}}
 {{- $opts := .options | default dict -}}
-{{- $platform := list "bootstrap-servers" "security-protocol" "sasl-mechanism" "sasl-username" "sasl-password-file" "ssl-cafile" "ssl-certfile" "ssl-keyfile" "admin-addr" "metrics-addr" "app-token-file" -}}
-{{- $own := list "app-port" "app-path" "app-url" "native-sidecar" "cpu-request" "cpu-limit" "memory-request" "memory-limit" -}}
+{{- $platform := list "bootstrap-servers" "security-protocol" "sasl-mechanism" "sasl-username" "sasl-password-file" "ssl-cafile" "ssl-certfile" "ssl-keyfile" "admin-addr" "metrics-addr" "publish-addr" "app-token-file" "routes-token-file" -}}
+{{- $own := list "app-port" "app-path" "app-url" "native-sidecar" "admin-port" "publish-port" "metrics-port" "cpu-request" "cpu-limit" "memory-request" "memory-limit" -}}
 {{- range $key, $_ := $opts -}}
 {{- if has $key $platform -}}
 {{- fail (printf "kafka-tenant-proxy.sidecar: option %q comes from the chart's kafka and sidecar values, not from the pod" $key) -}}
 {{- end -}}
+{{- end -}}
+{{- if and (hasKey $opts "instance-id") (ne (toString (get $opts "instance-id")) "none") -}}
+{{- fail "kafka-tenant-proxy.sidecar: option \"instance-id\" would give every replica the same static member id; leave it out (the sidecar takes its pod's name) or set it to none" -}}
 {{- end -}}
 {{- range $required := list "service" "group" "topics" -}}
 {{- if not (hasKey $opts $required) -}}
@@ -68,13 +73,26 @@ container first under containers instead of initContainers. Inside this chart, p
 {{- if $limit }}{{ $_ := set $limits $kind $limit }}{{ end -}}
 {{- end -}}
 {{- $http := eq $v.sidecar.probes "http" -}}
-{{- $mounts := include "kafka-tenant-proxy.kafkaVolumeMounts" $ctx -}}
+{{- $adminPort := int (get $opts "admin-port" | default $v.sidecar.ports.admin) -}}
+{{- $publishPort := int (get $opts "publish-port" | default $v.sidecar.ports.publish) -}}
+{{- $metricsPort := int (get $opts "metrics-port" | default $v.sidecar.ports.metrics) -}}
+{{- $mounts := include "kafka-tenant-proxy.sidecarVolumeMounts" $ctx -}}
 - name: ktp-sidecar
   image: {{ include "kafka-tenant-proxy.sidecarImage" $ctx | quote }}
   imagePullPolicy: {{ $v.sidecar.image.pullPolicy }}
   args:
     - sidecar
   env:
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          apiVersion: v1
+          fieldPath: metadata.name
+    - name: POD_NAMESPACE
+      valueFrom:
+        fieldRef:
+          apiVersion: v1
+          fieldPath: metadata.namespace
     {{- include "kafka-tenant-proxy.kafkaEnv" $ctx | nindent 4 }}
     {{- range $key, $value := $opts }}
     {{- if not (has $key $own) }}
@@ -92,27 +110,34 @@ container first under containers instead of initContainers. Inside this chart, p
     - name: KTP_APP_MAX_CONCURRENCY
       value: {{ $v.sidecar.appMaxConcurrency | toString | quote }}
     {{- end }}
-    {{- if $http }}
-    - name: KTP_ADMIN_ADDR
-      value: "0.0.0.0:15000"
+    {{- if $v.sidecar.routesTokenSecret.name }}
+    - name: KTP_ROUTES_TOKEN_FILE
+      value: {{ printf "%s/routes-token/token" (include "kafka-tenant-proxy.secretsDir" $ctx) | quote }}
     {{- end }}
+    - name: KTP_PUBLISH_ADDR
+      value: {{ printf "127.0.0.1:%d" $publishPort | quote }}
+    - name: KTP_ADMIN_ADDR
+      value: {{ printf "%s:%d" (ternary "0.0.0.0" "127.0.0.1" $http) $adminPort | quote }}
     - name: KTP_METRICS_ADDR
-      value: "0.0.0.0:15090"
+      value: {{ printf "0.0.0.0:%d" $metricsPort | quote }}
   ports:
     {{- if $http }}
     - name: ktp-admin
-      containerPort: 15000
+      containerPort: {{ $adminPort }}
       protocol: TCP
     {{- end }}
     - name: ktp-metrics
-      containerPort: 15090
+      containerPort: {{ $metricsPort }}
+      protocol: TCP
+    - name: ktp-publish
+      containerPort: {{ $publishPort }}
       protocol: TCP
   readinessProbe:
-    {{- include "kafka-tenant-proxy.sidecarProbe" (dict "http" $http "path" "/readyz") | nindent 4 }}
+    {{- include "kafka-tenant-proxy.sidecarProbe" (dict "http" $http "port" $adminPort "path" $v.sidecar.readinessPath) | nindent 4 }}
     periodSeconds: 5
     failureThreshold: 3
   livenessProbe:
-    {{- include "kafka-tenant-proxy.sidecarProbe" (dict "http" $http "path" "/healthz") | nindent 4 }}
+    {{- include "kafka-tenant-proxy.sidecarProbe" (dict "http" $http "port" $adminPort "path" "/healthz") | nindent 4 }}
     periodSeconds: 10
     failureThreshold: 3
   resources:
@@ -148,21 +173,41 @@ container first under containers instead of initContainers. Inside this chart, p
 {{- if .http -}}
 httpGet:
   path: {{ .path }}
-  port: 15000
+  port: {{ .port }}
 timeoutSeconds: 2
 {{- else -}}
 exec:
   command:
     - python
     - -c
-    - {{ printf "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:15000%s', timeout=2).status == 200 else 1)" .path | quote }}
+    - {{ printf "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%d%s', timeout=2).status == 200 else 1)" .port .path | quote }}
 timeoutSeconds: 3
 {{- end -}}
 {{- end -}}
 
-{{/* Volumes the sidecar mounts (the Kafka secrets); may render nothing. */}}
+{{/* Volumes the sidecar mounts (the Kafka secrets, the route service's read token); may render nothing. */}}
 {{- define "kafka-tenant-proxy.sidecarVolumes" -}}
 {{- include "kafka-tenant-proxy.kafkaVolumes" .chart -}}
+{{- with .chart.Values.sidecar.routesTokenSecret }}
+{{- if .name }}
+- name: ktp-routes-token
+  secret:
+    secretName: {{ .name }}
+    items:
+      - key: {{ .key }}
+        path: token
+    defaultMode: 292
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "kafka-tenant-proxy.sidecarVolumeMounts" -}}
+{{- include "kafka-tenant-proxy.kafkaVolumeMounts" . -}}
+{{- if .Values.sidecar.routesTokenSecret.name }}
+- name: ktp-routes-token
+  mountPath: {{ include "kafka-tenant-proxy.secretsDir" . }}/routes-token
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* The label the PodMonitor selects pods with a sidecar by. */}}
@@ -172,7 +217,10 @@ kafka-tenant-proxy.io/sidecar: "true"
 
 {{/* Prometheus scrape annotations for the sidecar's metrics port. */}}
 {{- define "kafka-tenant-proxy.sidecarPodAnnotations" -}}
+{{- $values := .Values -}}
+{{- if hasKey . "chart" -}}{{- $values = .chart.Values -}}{{- end -}}
+{{- $port := get . "metrics-port" | default (index $values "kafka-tenant-proxy" | default $values).sidecar.ports.metrics -}}
 prometheus.io/scrape: "true"
-prometheus.io/port: "15090"
+prometheus.io/port: {{ $port | toString | quote }}
 prometheus.io/path: /metrics
 {{- end -}}
