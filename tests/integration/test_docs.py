@@ -135,7 +135,7 @@ def test_boolean_options_are_written_with_their_value() -> None:
             for i, word in enumerate(words):
                 if word in flags:
                     value = words[i + 1] if i + 1 < len(words) else ""
-                    assert value.lower() in ("true", "false"), f"{path.name}: `{span}`: {word} takes true or false"
+                    assert value.lower() in ("true", "false", "true|false"), f"{path.name}: `{span}`: {word} takes true or false"
 
 
 def readme_metrics() -> set[str]:
