@@ -1,17 +1,17 @@
 """Decision cost in-process: ``RouteFilter.decide_record`` per record, what the sidecar does for
 each record it fetches (the decision memoized by baggage header and table version, in front of
 the tenant cache, in front of the tenant extractor's parse and the route table). The parse is the
-extractor's fast path for plain headers like the workload's, which gives OpenTelemetry's baggage
-propagator's answer at a fraction of its cost, and the propagator itself for any other header
-(``proxy.routing.tenant``).
+extractor's fast path for plain headers like the workload's, which gives the W3C reference
+reading's answer (``proxy.routing.baggage``) at a fraction of its cost, and the reference itself
+for any other header (``proxy.routing.tenant``).
 
 The route table holds T tenants (half routed for this pod's service, half for another), the
 records carry the workload's realistic headers (unique ``traceparent``, per-tenant ``baggage``,
 ``content-type``), and the pod is a baseline pod. Each case is timed over the same number of
 records, best of several passes after a warm-up pass, in ns per record. With all 100,000 tenants
 sending, most records miss the caches (their header is new to them), so that case measures a
-miss: ~40x the 10-tenant case when every miss ran the propagator (~8-10 us a parse), ~14x with
-the extractor's fast path (~1.5 us a parse; the rest is the memo, the cache and the table).
+miss: ~40x the 10-tenant case when every miss ran a full parse (~8-10 us), ~14x with the
+extractor's fast path (~1.5-3 us a parse; the rest is the memo, the cache and the table).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks import decision, workload
+from benchmarks import decision, fleet, workload
 from benchmarks.processes import (
     App,
     Child,
@@ -64,7 +64,7 @@ FULL = {"skip_records": 300_000, "deliver_records": 30_000, "naive_records": 5_0
 QUICK = {"skip_records": 50_000, "deliver_records": 6_000, "naive_records": 1_500,
          "latency_seconds": 3.0, "decision_records": 20_000, "repeat": 1}
 
-SECTIONS = ("skip", "deliver", "latency", "decision")
+SECTIONS = ("skip", "deliver", "latency", "decision", "fleet")
 LABELS = {
     "raw": "raw aiokafka getmany loop",
     "sidecar-skip": "ktp sidecar, every tenant routed away",
@@ -482,6 +482,9 @@ class Bench:
         if "decision" in a.only:
             self.log("decision cost, in-process")
             results.decisions = decision.run(a.decision_records, passes=5 if not a.quick else 3)
+        if "fleet" in a.only:
+            self.log("fleet simulation: route readers on one routes topic")
+            results.fleet = await fleet.run(self.bootstrap_servers, quick=a.quick, log=self.log)
         return results
 
 
@@ -525,6 +528,8 @@ async def amain(args: argparse.Namespace) -> int:
     )
     rows = build_rows(results)
     print(format_table(rows, title))
+    if results.fleet:
+        print("\n" + fleet.format_rows(results.fleet))
     print_profiles(results)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     settings = {

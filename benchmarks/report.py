@@ -81,6 +81,7 @@ class Results:
     latency: dict[str, Latency] = field(default_factory=dict)
     decisions: list[DecisionResult] = field(default_factory=list)
     profiles: dict[str, str] = field(default_factory=dict)
+    fleet: list[Any] = field(default_factory=list)  # benchmarks.fleet.FleetRow, printed on its own
 
 
 @dataclass(frozen=True, slots=True)

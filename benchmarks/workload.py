@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from proxy.kafka import KafkaConnection
 from proxy.routes.records import encode_value
 from proxy.routes.catchup import now_ms
+from proxy.routes.lead import DEFAULT_ROUTE_LEAD_MS
 from proxy.routes.topic import ensure_routes_topic
 
 PARTITIONS = 4
@@ -73,13 +74,16 @@ async def write_routes_topic(
     """A ``kafka:<topic>`` routes topic sending ``service`` of every tenant to ``sandbox``, as
     the route service writes it (:mod:`proxy.routeservice.store`): the topic created by
     ``ensure_routes_topic`` (one partition, compacted), then one record per tenant on partition 0
-    with ``acks=all``, key the tenant, value ``encode_value`` effective from now."""
+    with ``acks=all``, key the tenant, value ``encode_value`` stamped now with the route service's
+    default lead (so sidecars learn the lead from the records, as from a running route service)."""
     await ensure_routes_topic(KafkaConnection(bootstrap_servers=bootstrap_servers), topic)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", client_id="bench-routes")
     await producer.start()
     try:
         for tenant in tenants:
-            value = encode_value(tenant, {service: sandbox}, now_ms())
+            written = now_ms()
+            value = encode_value(tenant, {service: sandbox}, written + DEFAULT_ROUTE_LEAD_MS,
+                                 written_at_ms=written, lead_ms=DEFAULT_ROUTE_LEAD_MS)
             await producer.send_and_wait(topic, value, key=tenant.encode(), partition=0)
     finally:
         await producer.stop()

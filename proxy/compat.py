@@ -1,6 +1,6 @@
 """Every private API of a dependency the package uses, in one place.
 
-aiokafka and opentelemetry-api keep no promise about names that start with ``_``. Each one we
+aiokafka keeps no promise about names that start with ``_``. Each one we
 rely on is reached only through a function here, and ``tests/unit/test_compat.py`` checks each
 against the installed version, so an upgrade that removes or renames one fails the suite, not a
 running sidecar (a silent fallback would, for example, let a sidecar waiting for a slow app
@@ -20,19 +20,19 @@ What each is for:
   generation 1 up; a broker that numbers the first generation 0 needs ours.
 - ``AIOKafkaAdminClient._send_request``: DeleteGroups and LeaveGroup, which aiokafka's admin
   client lacks.
-- opentelemetry-api's baggage limits (``W3CBaggagePropagator._MAX_*``) and key check
-  (``baggage._is_valid_key``): the fast baggage scan must agree with the propagator exactly.
+- the consumer's client (``AIOKafkaConsumer._client.send``): when each Fetch was sent and the high
+  watermark it was answered with, which the routes reader turns into "complete through the send
+  time" without a request of its own. aiokafka keeps only the answer's time.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from opentelemetry import baggage as _otel_baggage
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
 
 class CompatError(RuntimeError):
@@ -144,6 +144,43 @@ def fetch_context(consumer: AIOKafkaConsumer) -> contextlib.AbstractContextManag
     return cast("contextlib.AbstractContextManager[object]", context())
 
 
+# -- aiokafka: fetch answers ---------------------------------------------------------------------
+
+_FETCH_API_KEY = 1
+FetchAnswer = list[tuple[str, int, int, int]]
+"""One Fetch answer's partitions: ``(topic, partition, error_code, high watermark)``."""
+
+
+def observe_fetches(
+    consumer: AIOKafkaConsumer, on_answer: Callable[[int, FetchAnswer], None], clock: Callable[[], int]
+) -> None:
+    """Call ``on_answer(sent_at, partitions)`` for every Fetch the (started) consumer sends, with
+    ``clock()`` read just before it was sent. An answer of an unexpected shape is passed on
+    unobserved."""
+    client = getattr(consumer, "_client", None)
+    send = getattr(client, "send", None)
+    if client is None or send is None:
+        raise _missing("AIOKafkaConsumer", "_client.send")
+
+    async def observed(node_id: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(request, "API_KEY", None) != _FETCH_API_KEY:
+            return await send(node_id, request, *args, **kwargs)
+        sent_at = clock()
+        response = await send(node_id, request, *args, **kwargs)
+        try:
+            answer = [
+                (str(topic), int(number), int(error_code), int(highwater))
+                for topic, partitions in response.topics
+                for number, error_code, highwater, *_ in partitions
+            ]
+        except (AttributeError, TypeError, ValueError):
+            return response
+        on_answer(sent_at, answer)
+        return response
+
+    client.send = observed
+
+
 # -- aiokafka: admin requests --------------------------------------------------------------------
 
 
@@ -154,29 +191,3 @@ async def send_admin_request(admin: AIOKafkaAdminClient, request: Any, node_id: 
     except AttributeError:
         raise _missing("AIOKafkaAdminClient", "_send_request") from None
     return await send(request, node_id)
-
-
-# -- opentelemetry-api: W3C baggage limits and key check -----------------------------------------
-
-
-def _propagator_limit(name: str) -> int:
-    value = getattr(W3CBaggagePropagator, name, None)
-    if not isinstance(value, int):
-        raise _missing("W3CBaggagePropagator", name)
-    return value
-
-
-BAGGAGE_MAX_HEADER_LENGTH = _propagator_limit("_MAX_HEADER_LENGTH")
-"""Bytes of a ``baggage`` header the propagator reads at most (it ignores longer headers)."""
-BAGGAGE_MAX_PAIR_LENGTH = _propagator_limit("_MAX_PAIR_LENGTH")
-"""Bytes of one baggage member the propagator accepts at most."""
-BAGGAGE_MAX_PAIRS = _propagator_limit("_MAX_PAIRS")
-"""Members of a ``baggage`` header the propagator reads at most."""
-
-
-def is_valid_baggage_key(key: str) -> bool:
-    """opentelemetry-api's own check of a baggage key (a W3C token)."""
-    check = getattr(_otel_baggage, "_is_valid_key", None)
-    if check is None:
-        raise _missing("opentelemetry.baggage", "_is_valid_key")
-    return bool(check(key))

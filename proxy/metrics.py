@@ -14,10 +14,10 @@ deliver path did a handful per record.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 PREFIX = "ktp_"
@@ -74,6 +74,26 @@ class DurationHistogram(Collector):
             # The label as prometheus_client writes it (Go's float format): 0.0005, 1.0, +Inf.
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(cumulative)))
         yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self.sum)
+
+
+class CountsCollector(Collector):
+    """A counter family read from a mapping ``{label value: count}`` kept elsewhere (no
+    Prometheus call on the path that counts)."""
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.counts: Mapping[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"CountsCollector({self.name!r}, {dict(self.counts)!r})"
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, count in sorted(self.counts.items()):
+            family.add_metric([value], count)
+        yield family
 
 
 class TopicCounters:
@@ -186,6 +206,14 @@ class Metrics:
             registry=r,
         )
 
+        self._route_catch_ups = CountsCollector(
+            PREFIX + "route_catch_ups",
+            "Round trips to the route source before deciding records its table did not cover, by "
+            "reason (record_ahead_of_clock, table_behind, no_lead, retry).",
+            "reason",
+        )
+        r.register(self._route_catch_ups)
+
         self._topics: dict[str, TopicCounters] = {}
         self._buffered: list[BufferedCounter] = []
 
@@ -200,6 +228,11 @@ class Metrics:
         """``ktp_deliveries_in_flight`` is read from ``count`` at each scrape, rather than set
         twice per delivery."""
         self.in_flight.set_function(count)
+
+    def track_route_catch_ups(self, counts: Mapping[str, int]) -> None:
+        """``ktp_route_catch_ups_total{reason}`` is read from ``counts`` (kept by the route
+        source) at each scrape."""
+        self._route_catch_ups.counts = counts
 
     def buffered(self, child: Counter) -> BufferedCounter:
         """A buffered counter for ``child``, flushed by :meth:`render`."""

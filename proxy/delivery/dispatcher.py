@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -31,9 +31,41 @@ from proxy.delivery.ports import Health, Pauser, Upstream
 from proxy.errors import AppUnavailable
 from proxy.listener.partitions import PartitionState, Partitions
 from proxy.metrics import Metrics, TopicCounters
+from proxy.routing.tenant import DEFAULT_TENANT_KEY
 from proxy.upstream.http import AppConnectError, AppTimeout
 
 log = logging.getLogger(__name__)
+# At most one line per this many seconds about re-serialized baggage: one producer that writes
+# `tenant=t1 ` would otherwise log every record it sends.
+RESERIALIZED_LOG_INTERVAL = 10.0
+
+
+class RateLimitedLog:
+    """A logger's ``warning`` at most once per ``interval`` seconds; the next line that gets
+    through says how many were held back."""
+
+    __slots__ = ("_clock", "_held", "_next", "interval", "logger")
+
+    def __init__(self, logger: logging.Logger, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._clock = clock
+        self._next = 0.0
+        self._held = 0
+
+    def warning(self, message: str, *args: object) -> bool:
+        """Log unless a line went out less than ``interval`` ago; True if it was logged."""
+        now = self._clock()
+        if now < self._next:
+            self._held += 1
+            return False
+        if self._held:
+            message += " (and %d more like it in the last %.0fs)"
+            args = (*args, self._held, self.interval)
+        self._held = 0
+        self._next = now + self.interval
+        self.logger.warning(message, *args)
+        return True
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 # A delivery timeout is logged at most this often per partition (the records behind it time out too).
@@ -61,6 +93,7 @@ class Dispatcher:
         dead_letters: DeadLetterWriter | None,
         metrics: Metrics,
         forwarded_headers: frozenset[str],
+        tenant_key: str = DEFAULT_TENANT_KEY,
         ordering: str = "partition",
         max_in_flight: int = 16,
         max_record_bytes: int = 1024 * 1024,
@@ -74,6 +107,8 @@ class Dispatcher:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.forwarded_headers = forwarded_headers
+        self.tenant_key = tenant_key
+        self._reserialized = RateLimitedLog(log, RESERIALIZED_LOG_INTERVAL)
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}, not {ordering!r}")
         self.ordering = ordering
@@ -244,6 +279,7 @@ class Dispatcher:
         """The delivery request's headers for ``record``, and its envelope scope (ended by the
         caller). Record headers that cannot be sent are counted and logged here."""
         topic = record.topic
+        notes: list[str] = []
         headers, rejected = build_headers(
             topic=topic,
             partition=record.partition,
@@ -252,14 +288,20 @@ class Dispatcher:
             key=record.key,
             record_headers=record.headers,
             forwarded=self.forwarded_headers,
+            tenant_key=self.tenant_key,
+            notes=notes,
         )
         if record.value is None:
             # A tombstone: forwarded with an empty body, marked so the app can tell it from b"".
             headers["kafka-tombstone"] = "true"
         # Format headers, trace context in OTEL_PROPAGATORS' formats, ktp-delivery (envelope.py).
         scope = self.envelope.begin(record, headers, rejected) if self.envelope is not None else None
+        for note in notes:
+            self._reserialized.warning("record %s[%d]@%d: baggage %s", topic, record.partition, record.offset, note)
         for name in rejected:
             self.metrics.bad_input.labels(topic, f"header_{name}").inc()
+            if name == "baggage" and notes:
+                continue  # said above, rate-limited
             log.warning(
                 "record %s[%d]@%d: header %r not forwarded (not a safe HTTP field value)",
                 topic, record.partition, record.offset, name,

@@ -1,7 +1,14 @@
 """HTTP headers of a delivery request, built from a Kafka record. Pure logic, no I/O.
 
 Only an allowlist of record headers is copied (trace context, baggage, content-type, and B3 when
-``OTEL_PROPAGATORS`` names it), plus our ``kafka-*`` metadata. Every copied value is checked
+``OTEL_PROPAGATORS`` names it), plus our ``kafka-*`` metadata.
+
+``baggage`` is never dropped for not being a safe field value: the app must see the tenant the
+record was routed by, or its next hop would route as baseline. A record's ``baggage`` headers
+(all of them, one baggage-string) are forwarded byte for byte when valid, else as the
+equivalent header :func:`proxy.routing.baggage.for_delivery` writes (invalid members left out,
+the tenant always kept); the caller counts a header that had invalid members and logs what was
+re-serialized. Every other copied value is checked
 against RFC 9110's field-value grammar restricted to visible ASCII, space and tab: a value with
 CR, LF, NUL, other controls or non-ASCII bytes is not copied (so nothing from a topic can inject
 a header or split a request) and the caller counts it. Names we send are fixed strings, so no
@@ -21,6 +28,9 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote
+
+from proxy.routing import baggage
+from proxy.routing.baggage import Forwarded
 
 MAX_HEADER_VALUE = 8192
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -126,6 +136,22 @@ def _copyable(name: str) -> str | None:
     return lowered
 
 
+# Forwarded baggage by (record baggage-string, tenant key): records of one tenant carry the same
+# bytes, so a header is read once. Bounded: started over when full.
+_BAGGAGE: dict[tuple[bytes, str], Forwarded] = {}
+_BAGGAGE_MAX = 1024
+
+
+def forwarded_baggage(raw: bytes, tenant_key: str) -> Forwarded:
+    """:func:`proxy.routing.baggage.for_delivery`, cached."""
+    entry = _BAGGAGE.get((raw, tenant_key))
+    if entry is None:
+        if len(_BAGGAGE) >= _BAGGAGE_MAX:
+            _BAGGAGE.clear()
+        entry = _BAGGAGE[(bytes(raw), tenant_key)] = baggage.for_delivery(raw, tenant_key)
+    return entry
+
+
 def build_headers(
     *,
     topic: str,
@@ -135,9 +161,13 @@ def build_headers(
     key: bytes | None,
     record_headers: Sequence[tuple[str, bytes]],
     forwarded: Iterable[str] | frozenset[str],
+    tenant_key: str = "tenant",
+    notes: list[str] | None = None,
 ) -> tuple[dict[str, str], list[str]]:
     """Return ``(headers, rejected)``: the request's headers and the names of record headers
-    that were on the allowlist but not copied because their value was not a safe field value."""
+    that were on the allowlist but not copied as they were because their value was not safe
+    (for ``baggage``: had invalid members or was over the W3C limits). When the baggage was
+    re-serialized, why is appended to ``notes``."""
     headers = {
         "content-type": DEFAULT_CONTENT_TYPE,
         "kafka-topic": topic,
@@ -149,11 +179,16 @@ def build_headers(
         headers["kafka-key"] = encode_key(key)
     rejected: list[str] = []
     seen: set[str] = set()
+    baggage_values: list[bytes] = []
     copyable = _COPYABLE
     for name, value in record_headers:
         lowered = copyable.get(name, _UNKNOWN)
         if lowered == _UNKNOWN:
             lowered = _copyable(name)
+        if lowered == "baggage" and lowered in forwarded:
+            if value:
+                baggage_values.append(value)
+            continue
         if lowered is None or lowered in seen:
             continue  # first occurrence wins, as for the propagators
         if lowered == "content-type":
@@ -169,4 +204,13 @@ def build_headers(
                 headers[lowered] = value.decode("ascii")
             else:
                 rejected.append(lowered)
+    if baggage_values:
+        raw = baggage_values[0] if len(baggage_values) == 1 else b",".join(baggage_values)
+        sent = forwarded_baggage(raw, tenant_key)
+        if sent.header is not None:
+            headers["baggage"] = sent.header
+        if sent.invalid:
+            rejected.append("baggage")
+        if sent.note is not None and notes is not None:
+            notes.append(sent.note)
     return headers, rejected

@@ -33,7 +33,8 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from proxy.kafka import KafkaConnection
-from proxy.routes.client import RouteServiceClient
+from proxy.routes.catchup import now_ms
+from proxy.routes.client import RouteServiceClient, wait_seconds
 from proxy.routeservice.server import RouteService, RouteServiceConfig
 from proxy.sidecar.config import SidecarConfig
 from proxy.routing.tenant import TenantExtractor
@@ -214,9 +215,13 @@ async def _scenario(workdir: Path, ledger: Ledger, session: aiohttp.ClientSessio
 
         put = await routes.put("123", {"orders-producer": SANDBOX, "orders-worker": SANDBOX})
         print(f"PUT /v1/tenants/123 -> routes={dict(put.routes)} version={put.version} effective_from={put.to_api()['effective_from']}")
+        # Traffic follows once the route is in force (the route lead after it was stored), as
+        # `ktp tenant put --wait` does.
+        await asyncio.sleep(wait_seconds(put.effective_from_ms, put.written_at_ms, now_ms()))
         await settle("1 routed", await send("1 routed"))
-        await routes.delete("123")
+        deletion = await routes.delete("123")
         print("DELETE /v1/tenants/123 -> 204")
+        await asyncio.sleep(wait_seconds(deletion.effective_from_ms, deletion.written_at_ms, now_ms()))
         await settle("2 deleted", await send("2 deleted"))
         await asyncio.sleep(0.5)  # anything handled twice would show now
 

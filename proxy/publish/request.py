@@ -22,14 +22,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
-from opentelemetry import baggage as otel_baggage
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.context import Context
-
 from proxy.delivery.headers import MAX_HEADER_VALUE, valid_field_value
 from proxy.errors import PublishError
 from proxy.delivery.contexts import Context as DeliveryContext
-from proxy.telemetry.propagation import BAGGAGE, READ_TRACE_FIELDS, Propagation, baggage_members
+from proxy.routing import baggage
+from proxy.telemetry.propagation import BAGGAGE, READ_TRACE_FIELDS, Propagation
 
 DEFAULT_PUBLISH_MAX_BYTES = 1024 * 1024
 DEFAULT_PUBLISH_TIMEOUT = 5.0
@@ -119,28 +116,29 @@ def decode_key(value: str) -> bytes:
 
 def _merge_baggage(delivered: str | None, requested: str | None) -> str | None:
     """The record's baggage: the delivery's members, with the request's own members over them
-    (an app that sets baggage itself means it). Unchanged text when only one side has any."""
+    (an app that sets baggage itself means it). Unchanged text when only one side has any.
+
+    Read and written as the W3C specification says (:mod:`proxy.routing.baggage`), so the
+    tenant the delivery was routed by stays the tenant of what the app publishes: every member
+    keeps its bytes, properties stay properties (OpenTelemetry Python's propagator would fold
+    them into the value, turning ``tenant=t1;p=x`` into the tenant ``t1;p=x``)."""
     if not delivered or not requested:
         return requested or delivered
-    merged = baggage_members(delivered)
-    for name, value in otel_baggage.get_all(baggage_members(requested)).items():
-        merged = otel_baggage.set_baggage(name, value, context=merged)
-    return _serialize(merged)
+    merged = baggage.merge(_members(delivered), _members(requested))
+    return merged.to_header() or None
 
 
-def _serialize(context: Context) -> str | None:
-    carrier: dict[str, str] = {}
-    W3CBaggagePropagator().inject(carrier, context=context)
-    return carrier.get(BAGGAGE)
+def _members(header: str) -> baggage.Baggage:
+    return baggage.parse(header.encode("utf-8", "surrogateescape"))
 
 
-def with_default_tenant(baggage: str | None, tenant_key: str, tenant: str) -> str | None:
+def with_default_tenant(baggage_header: str | None, tenant_key: str, tenant: str) -> str | None:
     """Stamp ``tenant_key=tenant`` into baggage that carries no tenant (a sandbox pod's batch
     jobs and crons: flows not scoped to a request). Baggage with a tenant is unchanged."""
-    members = baggage_members(baggage)
-    if otel_baggage.get_baggage(tenant_key, members):
-        return baggage
-    return _serialize(otel_baggage.set_baggage(tenant_key, tenant, context=members))
+    members = _members(baggage_header) if baggage_header else baggage.EMPTY
+    if members.get(tenant_key):
+        return baggage_header
+    return baggage.with_member(members, tenant_key, tenant).to_header()
 
 
 def record_context(

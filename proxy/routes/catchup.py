@@ -5,13 +5,20 @@ table, possibly for many records of one batch at once. A caller must not be answ
 that *started* before it called: that sync may have missed a route written just before the call.
 So callers arriving while a sync is in flight wait for the next one, which they then share; a
 burst of calls costs at most two round trips, and a quiet table costs none.
+
+A record is *covered* (decided without a sync) when it is no later than the completeness time
+plus the usable route lead (:func:`proxy.routes.lead.covered_until`); the catch-ups records
+ask for are counted by reason, for ``ktp_route_catch_ups_total``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Awaitable, Callable
+
+from proxy.routes.lead import CATCH_UP_RETRY, DEFAULT_LEAD_MARGIN_MS, catch_up_reason, covered_until
 
 
 def now_ms() -> int:
@@ -27,10 +34,20 @@ class CatchUp:
     Its exceptions reach every caller that waited for it.
     """
 
-    __slots__ = ("_completed", "_started", "_sync", "_task", "synced_at_ms")
+    __slots__ = ("_completed", "_lead_ms", "_started", "_sync", "_task", "catch_ups", "margin_ms", "synced_at_ms")
 
-    def __init__(self, sync: Callable[[], Awaitable[int]]) -> None:
+    def __init__(
+        self,
+        sync: Callable[[], Awaitable[int]],
+        *,
+        lead_ms: Callable[[int], int] | None = None,
+        margin_ms: int = DEFAULT_LEAD_MARGIN_MS,
+    ) -> None:
         self._sync = sync
+        self._lead_ms = lead_ms
+        self.margin_ms = margin_ms
+        #: Catch-ups asked for, by reason (records not covered; retries after a failure).
+        self.catch_ups: collections.Counter[str] = collections.Counter()
         self._task: asyncio.Task[None] | None = None
         # Syncs are numbered as they start; a caller needs one numbered above every sync that
         # had started when it called. Counting (not timing) makes the order exact.
@@ -41,11 +58,28 @@ class CatchUp:
     def __repr__(self) -> str:
         return f"CatchUp(synced_at_ms={self.synced_at_ms}, in_flight={self._task is not None})"
 
-    async def __call__(self, at_ms: int | None = None) -> None:
-        """Return once the table holds everything written before this call (or before ``at_ms``,
-        when given and already covered, at once)."""
-        if at_ms is not None and self.synced_at_ms >= at_ms:
-            return
+    def lead_ms(self, now: int) -> int:
+        """The route lead the writers state (0 when unknown)."""
+        return 0 if self._lead_ms is None else self._lead_ms(now)
+
+    @property
+    def covered_until_ms(self) -> int:
+        """Time through which no route missing from the table can take effect."""
+        return covered_until(self.synced_at_ms, self.lead_ms(now_ms()), self.margin_ms)
+
+    async def __call__(self, at_ms: int | None = None, *, counted: bool = True) -> None:
+        """Return once the table holds everything written before this call; at once when
+        ``at_ms`` (a record's time) is covered. ``counted`` False: a sync of the source's own
+        (start, timer), not asked for by a record or a retry."""
+        if at_ms is not None:
+            now = now_ms()
+            lead = self.lead_ms(now)
+            if at_ms <= covered_until(self.synced_at_ms, lead, self.margin_ms):
+                return
+            if counted:
+                self.catch_ups[catch_up_reason(at_ms, now, lead, self.margin_ms)] += 1
+        elif counted:
+            self.catch_ups[CATCH_UP_RETRY] += 1
         needed = self._started + 1
         while self._completed < needed:
             task = self._task

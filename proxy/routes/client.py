@@ -53,6 +53,26 @@ class WatchResult:
     snapshot: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """Answer to a DELETE: when it takes effect and when it was written (None from a route
+    service that does not say)."""
+
+    tenant: str
+    effective_from_ms: int | None
+    written_at_ms: int | None
+
+
+def wait_seconds(effective_from_ms: int | None, written_at_ms: int | None, now_ms: int) -> float:
+    """How long after a write's answer to wait until it is in force: its lead as the route
+    service measured it (no clock of ours involved), else the effective time by our clock."""
+    if effective_from_ms is None:
+        return 0.0
+    if written_at_ms is not None:
+        return max(effective_from_ms - written_at_ms, 0) / 1000
+    return max(effective_from_ms - now_ms, 0) / 1000
+
+
 def check_server(server: str) -> str:
     """Validate ``--server`` (``http(s)://host:port``), without a trailing slash."""
     parts = urlsplit(server)
@@ -112,9 +132,17 @@ class RouteServiceClient:
         """The tenant's record; raises :class:`TenantNotFound`."""
         return self._record(await self._request("GET", self._tenant_path(tenant), tenant=tenant))
 
-    async def delete(self, tenant: str) -> None:
-        """Delete ``tenant``; raises :class:`TenantNotFound` if it does not exist."""
-        await self._request("DELETE", self._tenant_path(tenant), write=True, tenant=tenant)
+    async def delete(self, tenant: str) -> Deletion:
+        """Delete ``tenant``; when the deletion takes effect. Raises :class:`TenantNotFound` if
+        it does not exist."""
+        headers: dict[str, str] = {}
+        await self._request("DELETE", self._tenant_path(tenant), write=True, tenant=tenant, headers_out=headers)
+        try:
+            effective = parse_rfc3339(headers["ktp-effective-from"]) if "ktp-effective-from" in headers else None
+            written = parse_rfc3339(headers["ktp-written-at"]) if "ktp-written-at" in headers else None
+        except RouteError as exc:
+            raise RouteServiceError(f"{self.server}: unexpected answer to DELETE: {exc}", 502) from exc
+        return Deletion(tenant, effective, written)
 
     async def list_tenants(self) -> list[RouteRecord]:
         """Every tenant's record."""
@@ -166,6 +194,7 @@ class RouteServiceClient:
         write: bool = False,
         tenant: str | None = None,
         timeout: float | None = None,
+        headers_out: dict[str, str] | None = None,
     ) -> Any:
         if self._session is None:
             await self.start()
@@ -188,6 +217,8 @@ class RouteServiceClient:
             ) as response:
                 text = await response.text()
                 status = response.status
+                if headers_out is not None:
+                    headers_out.update((k.lower(), v) for k, v in response.headers.items())
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             reason = connect_error_reason(exc)
             raise RouteServiceError(f"cannot reach the route service at {self.server}: {reason}") from exc

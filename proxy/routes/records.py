@@ -4,8 +4,11 @@ The routes topic (``_ktp_routes``, one partition, compacted) holds one record pe
 
 - key: the tenant, UTF-8;
 - value: JSON ``{"tenant": "123", "routes": {"orders-worker": "pr-42"}, "effective_from":
-  "2026-11-21T10:51:27.123Z"}``, or for a deletion ``{"tenant": "123", "routes": {},
-  "effective_from": "...", "deleted": true}``.
+  "2026-11-21T10:51:28.123Z", "written_at": "2026-11-21T10:51:27.123Z", "lead_ms": 1000}``, or
+  for a deletion the same with ``"routes": {}`` and ``"deleted": true``. ``written_at`` and
+  ``lead_ms`` (the writer's clock when it stamped the record, and the lead it states for its
+  writes, :mod:`proxy.routes.lead`) are absent from records of older route services, which
+  readers take as lead 0.
 
 A record's **version** is its offset in the topic. It is not stored in the value (a writer cannot
 know its offset before the broker acknowledges the write); every reader takes it from the record,
@@ -48,6 +51,8 @@ class RouteRecord:
     version: int
     effective_from_ms: int
     deleted: bool = False
+    written_at_ms: int | None = None
+    lead_ms: int | None = None
 
     def to_route(self) -> Route:
         """The table's view: a deletion is a route with no services at its effective time."""
@@ -55,10 +60,13 @@ class RouteRecord:
         return Route(self.tenant, services, self.effective_from_ms, self.version)
 
     def with_effective_from(self, effective_from_ms: int) -> RouteRecord:
-        return RouteRecord(self.tenant, self.routes, self.version, effective_from_ms, self.deleted)
+        return RouteRecord(
+            self.tenant, self.routes, self.version, effective_from_ms, self.deleted, self.written_at_ms, self.lead_ms
+        )
 
     def to_api(self, *, include_deleted: bool = False) -> dict[str, Any]:
-        """JSON body of the route service: ``{"tenant", "routes", "version", "effective_from"}``.
+        """JSON body of the route service: ``{"tenant", "routes", "version", "effective_from"}``,
+        plus ``"written_at"`` and ``"lead_ms"`` when the record carries them.
 
         ``include_deleted`` adds ``"deleted"`` (the watch endpoint reports deletions; the tenants
         endpoints never show a deleted tenant).
@@ -69,6 +77,10 @@ class RouteRecord:
             "version": self.version,
             "effective_from": format_rfc3339(self.effective_from_ms),
         }
+        if self.written_at_ms is not None:
+            body["written_at"] = format_rfc3339(self.written_at_ms)
+        if self.lead_ms is not None:
+            body["lead_ms"] = self.lead_ms
         if include_deleted:
             body["deleted"] = self.deleted
         return body
@@ -116,13 +128,25 @@ def check_routes(routes: object) -> dict[str, str]:
     return checked
 
 
-def encode_value(tenant: str, routes: Mapping[str, str], effective_from_ms: int, *, deleted: bool = False) -> bytes:
+def encode_value(
+    tenant: str,
+    routes: Mapping[str, str],
+    effective_from_ms: int,
+    *,
+    deleted: bool = False,
+    written_at_ms: int | None = None,
+    lead_ms: int | None = None,
+) -> bytes:
     """The routes topic value of one write (the version is the offset, set by the broker)."""
     body: dict[str, Any] = {
         "tenant": tenant,
         "routes": {} if deleted else dict(routes),
         "effective_from": format_rfc3339(effective_from_ms),
     }
+    if written_at_ms is not None:
+        body["written_at"] = format_rfc3339(written_at_ms)
+    if lead_ms is not None:
+        body["lead_ms"] = lead_ms
     if deleted:
         body["deleted"] = True
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
@@ -161,6 +185,7 @@ def decode_record(key: bytes | None, value: bytes | None, offset: int, timestamp
     try:
         routes = check_routes(body.get("routes", {}))
         effective_from_ms = parse_rfc3339(body.get("effective_from"))
+        written_at_ms, lead_ms = _lead_fields(body)
     except RouteError as exc:
         raise RouteError(f"routes record at offset {offset}: {exc}") from exc
     # No services left means the tenant routes nowhere: the table's meaning of a deletion.
@@ -171,7 +196,19 @@ def decode_record(key: bytes | None, value: bytes | None, offset: int, timestamp
         offset,
         effective_from_ms,
         deleted=deleted,
+        written_at_ms=written_at_ms,
+        lead_ms=lead_ms,
     )
+
+
+def _lead_fields(body: dict[str, Any]) -> tuple[int | None, int | None]:
+    """``written_at`` and ``lead_ms`` of a record (both absent in records of older writers)."""
+    written = body.get("written_at")
+    written_at_ms = None if written is None else parse_rfc3339(written)
+    lead = body.get("lead_ms")
+    if lead is not None and (not isinstance(lead, int) or isinstance(lead, bool) or lead < 0):
+        raise RouteError(f'"lead_ms" must be an integer >= 0, got {str(lead)[:32]!r}')
+    return written_at_ms, lead
 
 
 def record_from_api(body: object) -> RouteRecord:
@@ -187,12 +224,15 @@ def record_from_api(body: object) -> RouteRecord:
         raise RouteError(f'route record for tenant {tenant!r}: "deleted" must be true or false')
     routes = check_routes(body.get("routes", {}))
     deleted = deleted or not routes
+    written_at_ms, lead_ms = _lead_fields(body)
     return RouteRecord(
         tenant,
         MappingProxyType({} if deleted else routes),
         version,
         parse_rfc3339(body.get("effective_from")),
         deleted=deleted,
+        written_at_ms=written_at_ms,
+        lead_ms=lead_ms,
     )
 
 

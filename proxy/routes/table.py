@@ -6,6 +6,12 @@ record is decided by the route that was in force at the record's timestamp, not 
 written last: routes are judged at the record's time. A deleted tenant is a route
 with no services.
 
+History is bounded: :meth:`RouteTable.prune` drops every route superseded before a horizon that
+no record still to be decided is older than (:func:`prune_horizon`: the oldest record the sidecar
+may still have to decide, less a margin). A pruned table decides every record at or after the
+horizon exactly as the full one would; a straggler older than the horizon is decided by the
+oldest route kept.
+
 Pure data, no I/O: route sources (``routing/sources``) build and update it.
 """
 
@@ -25,6 +31,9 @@ NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Tenants are opaque routing keys from baggage; keep them printable and bounded.
 TENANT_MAX_LENGTH = 256
 _TENANT_PATTERN = re.compile(r"^[\x21-\x7e]{1,256}$")
+# Kept before the oldest record a sidecar may still decide: producer timestamps within a partition
+# need not grow, and a record re-fetched after a rebalance comes from the committed offset.
+DEFAULT_HISTORY_MARGIN_MS = 600_000
 
 
 def check_name(kind: str, value: str) -> str:
@@ -75,10 +84,23 @@ class Route:
 
 @dataclass(slots=True)
 class _History:
-    """Routes of one tenant ordered by ``effective_from_ms``; parallel list of times for bisect."""
+    """Routes of one tenant ordered by ``effective_from_ms``; parallel list of times for bisect.
+    ``pruned``: earlier routes were dropped, so the first one kept stands for the time before it."""
 
     times: list[int] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
+    pruned: bool = False
+
+
+def prune_horizon(oldest_ms: Iterable[int | None], now_ms: int, margin_ms: int = DEFAULT_HISTORY_MARGIN_MS) -> int:
+    """The time before which route history is no longer needed: the oldest record time a sidecar
+    may still decide (one per assigned partition; None: nothing fetched yet, so the next record is
+    a new one, at about ``now_ms``), less ``margin_ms``."""
+    oldest = now_ms
+    for value in oldest_ms:
+        if value is not None and value < oldest:
+            oldest = value
+    return oldest - margin_ms
 
 
 class RouteTable:
@@ -155,9 +177,33 @@ class RouteTable:
         else:
             index = bisect.bisect_right(times, at_ms) - 1
             if index < 0:
-                return None
+                if not history.pruned:
+                    return None
+                index = 0
             route = history.routes[index]
         return None if route.deleted else route
+
+    def prune(self, before_ms: int) -> int:
+        """Drop the history no record at or after ``before_ms`` needs: every route superseded by
+        one in force at ``before_ms``. Decisions for records at or after ``before_ms`` do not
+        change. A tenant deleted by then keeps its deletion alone, so that a route of its read
+        again (a source may read a record twice) cannot bring it back. Returns how many routes
+        were dropped."""
+        dropped = 0
+        for history in self._tenants.values():
+            index = bisect.bisect_right(history.times, before_ms) - 1
+            if index > 0:
+                dropped += index
+                del history.times[:index]
+                del history.routes[:index]
+                history.pruned = True
+        if dropped:
+            self.version += 1
+        return dropped
+
+    def history_size(self) -> int:
+        """Routes held, history included (what :meth:`prune` bounds)."""
+        return sum(len(history.routes) for history in self._tenants.values())
 
     def last_change(self, tenant: str) -> int | None:
         """When ``tenant``'s latest route took effect (None if never known): every record from
@@ -208,3 +254,30 @@ class RouteTable:
                 for route in self.routes()
             },
         }
+
+
+class RouteHistory:
+    """Keeps a table's history bounded for one consumer: notes the first record time of each
+    partition's last fetched batch (records are decided as their batch is fetched, so nothing
+    older is still to be decided there, except after a rewind or a re-assignment, which the
+    margin covers) and prunes the table to :func:`prune_horizon` of the assigned partitions."""
+
+    __slots__ = ("_batch_start_ms", "margin_ms", "table")
+
+    def __init__(self, table: RouteTable, margin_ms: int = DEFAULT_HISTORY_MARGIN_MS) -> None:
+        self.table = table
+        self.margin_ms = margin_ms
+        self._batch_start_ms: dict[object, int] = {}
+
+    def __repr__(self) -> str:
+        return f"RouteHistory(partitions={len(self._batch_start_ms)}, routes={self.table.history_size()})"
+
+    def fetched(self, partition: object, first_record_ms: int) -> None:
+        """A batch of ``partition`` whose first record has this timestamp was fetched."""
+        self._batch_start_ms[partition] = first_record_ms
+
+    def prune(self, assigned: Iterable[object], now_ms: int) -> int:
+        """Prune for the partitions assigned now; how many routes were dropped."""
+        kept = {p: self._batch_start_ms.get(p) for p in assigned}
+        self._batch_start_ms = {p: ms for p, ms in kept.items() if ms is not None}
+        return self.table.prune(prune_horizon(kept.values(), now_ms, self.margin_ms))

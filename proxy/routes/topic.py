@@ -10,21 +10,25 @@ reader backs the route service's cache (:mod:`proxy.routeservice.store`) and
 :class:`KafkaRouteSource`, the sidecar's table.
 
 Completeness, the property decisions rely on: ``synced_at_ms`` is a wall-clock time T such that
-every route write the broker acknowledged before T is in the table. A sync takes T, asks the
-broker for the end offset on a connection of its own (the follower's connection is often parked
-in a long-poll fetch, and a broker answers one connection's requests in order), and waits until
-the follower has consumed up to it. Syncs run at start, every ``sync_interval`` seconds, and on
-demand through :meth:`catch_up`.
+every route write the broker acknowledged before T is in the table. The reader learns it from its
+own fetches: a fetch sent at T answers with the partition's high watermark as of a moment after
+T, so once the reader has read up to that watermark it is complete through T. Following the topic
+thus keeps ``synced_at_ms`` within about one fetch wait of the clock, with no request of its own.
+An explicit sync (at start, and on demand through :meth:`RoutesTopicReader.catch_up`) takes T,
+asks the broker for the end offset on a connection of its own (the follower's connection is often
+parked in a long-poll fetch, and a broker answers one connection's requests in order), and waits
+until the follower has consumed up to it.
 
-What this cannot close: a write the route service has stamped but the broker has not yet
-acknowledged is invisible to every sync, so a record produced in that window (milliseconds) may
-be decided before its route exists. The route service answers a write only after the broker
-acknowledged it, so traffic sent after a write's answer is never decided without it.
+``covered_until_ms`` adds the route lead the writers state (:mod:`proxy.routes.lead`): no route
+missing from the table takes effect before it, so a record up to then needs no round trip. A
+write the route service has stamped but the broker has not yet acknowledged is invisible to every
+sync; the lead's margin is what covers it (and a reader's clock ahead of the route service's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import itertools
@@ -38,11 +42,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from proxy import compat
 from proxy.backoff import Backoff, retry_connect
 from proxy.errors import BrokerError, ConfigError, RouteError, RouteSourceError
 from proxy.kafka import KafkaConnection
 from proxy.routes.records import EffectiveTimes, RouteRecord, decode_record
 from proxy.routes.catchup import CatchUp, now_ms
+from proxy.routes.lead import DEFAULT_LEAD_MARGIN_MS, LeadTracker
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,9 @@ DEFAULT_REPLICATION_FACTOR_CAP = 3
 RETRY_INITIAL = 0.2
 RETRY_MAX = 5.0
 _POLL_TIMEOUT_MS = 1000
+# Fetch answers whose high watermark the reader has not reached yet; beyond this many the oldest
+# are dropped, which only delays what the reader may claim.
+_PENDING_WATERMARKS_MAX = 256
 _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 # Kafka error codes we expect from CreateTopics.
 _TOPIC_ALREADY_EXISTS = 36
@@ -171,6 +180,7 @@ class RoutesTopicReader:
         sync_interval: float = DEFAULT_SYNC_INTERVAL,
         catch_up_timeout: float = DEFAULT_CATCH_UP_TIMEOUT,
         client_id: str = "ktp-routes",
+        lead_margin_ms: int = DEFAULT_LEAD_MARGIN_MS,
     ) -> None:
         self.connection = connection
         self.topic = check_topic_name(topic)
@@ -181,6 +191,16 @@ class RoutesTopicReader:
         self.catch_up_timeout = catch_up_timeout
         self.client_id = client_id
         self.effective_times = EffectiveTimes()
+        #: The lead the topic's writers state, learnt from the records read.
+        self.lead = LeadTracker()
+        self.lead_margin_ms = lead_margin_ms
+        #: True while completeness is learnt from the follower's own fetches.
+        self.fetch_completeness = False
+        #: Requests this reader sent the routes topic's leader: ``fetch``, ``list_offsets``.
+        self.requests: collections.Counter[str] = collections.Counter()
+        self._pending_watermarks: collections.deque[tuple[int, int]] = collections.deque(
+            maxlen=_PENDING_WATERMARKS_MAX
+        )
         #: Next offset to read: every record below it has been handed to ``on_records``.
         self.position = 0
         self.synced = False
@@ -189,7 +209,9 @@ class RoutesTopicReader:
         self._tp = TopicPartition(topic, 0)
         self._follower: AIOKafkaConsumer | None = None
         self._offsets: AIOKafkaConsumer | None = None
-        self._catch_up = CatchUp(self._sync)
+        self._catch_up = CatchUp(self._sync, lead_ms=self.lead.lead_ms, margin_ms=lead_margin_ms)
+        #: Catch-ups asked for by :meth:`catch_up`, by reason (``ktp_route_catch_ups_total``).
+        self.catch_ups = self._catch_up.catch_ups
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
         self._task: asyncio.Task[None] | None = None
@@ -205,6 +227,11 @@ class RoutesTopicReader:
     def synced_at_ms(self) -> int:
         """Wall-clock time (ms) before which every acknowledged route write has been read."""
         return self._catch_up.synced_at_ms
+
+    @property
+    def covered_until_ms(self) -> int:
+        """Time through which no route missing from what was read can take effect."""
+        return self._catch_up.covered_until_ms
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"ktp-routes-reader-{self.topic}")
@@ -233,9 +260,10 @@ class RoutesTopicReader:
     async def catch_up(self, at_ms: int | None = None) -> None:
         """Return once every route write acknowledged before this call has been read.
 
-        With ``at_ms``, return at once if the reader is already complete up to that time.
-        Concurrent calls share syncs. Raises :class:`RouteSourceError` when the topic cannot be
-        reached within ``catch_up_timeout``.
+        With ``at_ms`` (a record's timestamp), return at once if no route missing from what was
+        read can take effect by then (:attr:`covered_until_ms`); otherwise the catch-up is
+        counted in :attr:`catch_ups` by reason. Concurrent calls share syncs. Raises
+        :class:`RouteSourceError` when the topic cannot be reached within ``catch_up_timeout``.
         """
         if self._offsets is None:
             raise RouteSourceError(f"routes reader for {self.topic!r} is not connected")
@@ -259,7 +287,7 @@ class RoutesTopicReader:
             backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
             while not self.synced:
                 try:
-                    await self.catch_up()
+                    await self._catch_up(counted=False)
                 except RouteSourceError as exc:
                     self._report(
                         f"routes topic {self.topic!r}: first sync failed, retrying in {backoff.delay:.1f}s: {exc}"
@@ -271,8 +299,10 @@ class RoutesTopicReader:
                 log.info("routes topic %s read up to offset %d", self.topic, self.position)
             while True:
                 await asyncio.sleep(self.sync_interval)
+                if self.fetch_completeness:
+                    continue  # the follower's fetches keep completeness fresh
                 try:
-                    await self.catch_up()
+                    await self._catch_up(counted=False)
                 except RouteSourceError as exc:
                     self._report(str(exc))
         finally:
@@ -311,6 +341,7 @@ class RoutesTopicReader:
         await offsets.start()
         follower.assign([self._tp])
         await follower.seek_to_beginning(self._tp)
+        self.fetch_completeness = self._watch_fetches(follower)
 
     async def _connect_failed(self, exc: Exception, delay: float) -> None:
         # Any failed connect is retried, not only a KafkaError: aiokafka 0.14 raises
@@ -349,6 +380,32 @@ class RoutesTopicReader:
                 continue
             backoff.reset()
 
+    def _watch_fetches(self, follower: AIOKafkaConsumer) -> bool:
+        """Note each fetch's send time and the high watermark it answered with, so that reading
+        up to that watermark proves completeness through the send time (module doc). aiokafka
+        offers no hook for it (:func:`proxy.compat.observe_fetches`); without one, the periodic
+        sync (one ListOffsets every ``sync_interval``) keeps completeness instead."""
+        topic, partition = self._tp.topic, self._tp.partition
+
+        def on_answer(sent_ms: int, answer: compat.FetchAnswer) -> None:
+            self.requests["fetch"] += 1
+            for name, number, error_code, highwater in answer:
+                if name == topic and number == partition and error_code == 0:
+                    self._fetched_watermark(highwater, sent_ms)
+
+        try:
+            compat.observe_fetches(follower, on_answer, now_ms)
+        except compat.CompatError as exc:
+            log.warning("routes topic %s: %s; syncing every %.1fs instead", self.topic, exc, self.sync_interval)
+            return False
+        return True
+
+    def _fetched_watermark(self, highwater: int, sent_ms: int) -> None:
+        if highwater <= self.position:
+            self._catch_up.advance(sent_ms)
+        else:
+            self._pending_watermarks.append((highwater, sent_ms))
+
     def _take(self, messages: Any, position: int) -> None:
         records = []
         for message in messages:
@@ -357,10 +414,15 @@ class RoutesTopicReader:
             except RouteError as exc:
                 self._report(f"routes topic {self.topic!r}: skipping bad record: {exc}")
                 continue
-            records.append(self.effective_times.adjust(record))
+            record = self.effective_times.adjust(record)
+            self.lead.observe(record.lead_ms, record.written_at_ms, record.effective_from_ms)
+            records.append(record)
         if records:
             self._on_records(records)
         self.position = max(self.position, position)
+        pending = self._pending_watermarks
+        while pending and pending[0][0] <= self.position:
+            self._catch_up.advance(pending.popleft()[1])
         self._wake_waiters()
 
     async def _sync(self) -> int:
@@ -368,6 +430,7 @@ class RoutesTopicReader:
         if offsets is None:
             raise RouteSourceError(f"routes reader for {self.topic!r} is not connected")
         started_ms = now_ms()
+        self.requests["list_offsets"] += 1
         try:
             async with asyncio.timeout(self.catch_up_timeout):
                 end = (await offsets.end_offsets([self._tp]))[self._tp]

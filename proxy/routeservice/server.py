@@ -50,6 +50,7 @@ from proxy.routeservice.api import (
 from proxy.routeservice.metrics import RouteServiceMetrics
 from proxy.routeservice.groups import DEFAULT_GROUPS_TOPIC, DEFAULT_REAP_INTERVAL, GroupReaper
 from proxy.routeservice.store import RouteStore
+from proxy.routes.lead import DEFAULT_ROUTE_LEAD_MS, MAX_ROUTE_LEAD_MS
 from proxy.routes.records import format_rfc3339
 from proxy.routes.topic import DEFAULT_ROUTES_TOPIC, check_topic_name
 
@@ -61,6 +62,14 @@ DEFAULT_DRAIN_TIMEOUT = 5.0
 DEFAULT_MAX_TENANTS = 10_000
 # Refused requests logged per second at most: a scan must not drown the log.
 REFUSALS_LOGGED_PER_SECOND = 5
+
+
+def parse_route_lead(raw: str) -> float:
+    """``--route-lead``: seconds, 0 up to 600."""
+    value = float(raw)
+    if not 0 <= value <= MAX_ROUTE_LEAD_MS / 1000:
+        raise ValueError(f"must be between 0 and {MAX_ROUTE_LEAD_MS // 1000} seconds, got {raw}")
+    return value
 
 ROUTE_SERVICE_OPTIONS = (
     *KAFKA_OPTIONS,
@@ -95,8 +104,17 @@ ROUTE_SERVICE_OPTIONS = (
         DEFAULT_REAP_INTERVAL,
         parse=parse_positive_float,
     ),
+    Option(
+        "route-lead",
+        "seconds between storing a route (or a deletion) and its taking effect; sidecars decide "
+        "records older than their last sync plus this lead without asking again (0: every batch "
+        "newer than the last sync asks)",
+        DEFAULT_ROUTE_LEAD_MS / 1000,
+        parse=parse_route_lead,
+    ),
     Option("log-level", "log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
+
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,6 +136,7 @@ class RouteServiceConfig:
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     groups_topic: str = DEFAULT_GROUPS_TOPIC
     group_reap_interval: float = DEFAULT_REAP_INTERVAL
+    route_lead: float = DEFAULT_ROUTE_LEAD_MS / 1000
 
     def __post_init__(self) -> None:
         if bool(self.tls_certfile) != bool(self.tls_keyfile):
@@ -147,6 +166,7 @@ class RouteServiceConfig:
             log_level=values["log_level"],
             groups_topic=check_topic_name(values["groups_topic"]),
             group_reap_interval=values["group_reap_interval"],
+            route_lead=values["route_lead"],
         )
 
 
@@ -254,6 +274,7 @@ class RouteService:
             config.kafka,
             config.routes_topic,
             replication_factor=config.routes_topic_replication_factor,
+            route_lead_ms=round(config.route_lead * 1000),
         )
         self.reaper = GroupReaper(
             config.kafka,
@@ -430,10 +451,15 @@ class RouteService:
         self._authorize(request)
         tenant = parse_tenant(request.match_info["tenant"])
         self._require_ready()
-        if await self.store.delete(tenant) is None:
+        record = await self.store.delete(tenant)
+        if record is None:
             return json_error(404, f"tenant {tenant!r} not found")
         self.reaper.poke()
-        return web.Response(status=204)
+        # 204 has no body: when the deletion takes effect travels in headers.
+        headers = {"ktp-effective-from": format_rfc3339(record.effective_from_ms)}
+        if record.written_at_ms is not None:
+            headers["ktp-written-at"] = format_rfc3339(record.written_at_ms)
+        return web.Response(status=204, headers=headers)
 
     async def _watch_routes(self, request: web.Request) -> web.Response:
         self._authorize(request, write=False)

@@ -13,7 +13,10 @@ Consistency, replica by replica:
   a read on *any* replica sees every write answered before it began;
 - before a write the replica catches up too, so it stamps ``effective_from`` after the tenant's
   previous change (:class:`~proxy.routes.records.EffectiveTimes`) and answers DELETE of an
-  absent tenant with 404 from current data.
+  absent tenant with 404 from current data;
+- a write takes effect ``route_lead_ms`` after it is stamped (or later, to honour a larger lead
+  other writers stated, :mod:`proxy.routes.lead`); the record states that lead and its write
+  time, so readers learn what they may rely on from the data itself.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from proxy.errors import BrokerError
 from proxy.kafka import KafkaConnection
 from proxy.routes.records import RouteRecord, encode_value
 from proxy.routes.catchup import now_ms
+from proxy.routes.lead import DEFAULT_LEAD_MARGIN_MS, DEFAULT_ROUTE_LEAD_MS
 from proxy.routes.topic import (
     DEFAULT_FETCH_MAX_WAIT_MS,
     DEFAULT_ROUTES_TOPIC,
@@ -78,9 +82,11 @@ class RouteStore:
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
         on_error: Callable[[str], None] | None = None,
+        route_lead_ms: int = DEFAULT_ROUTE_LEAD_MS,
     ) -> None:
         self.connection = connection
         self.topic = topic
+        self.route_lead_ms = route_lead_ms
         self.changelog_size = changelog_size
         self.write_timeout = write_timeout
         self.reader = RoutesTopicReader(
@@ -225,8 +231,15 @@ class RouteStore:
         producer = self._producer
         if producer is None:
             raise BrokerError("the route store is not started")
-        effective_from_ms = self.reader.effective_times.next_for(tenant, now_ms())
-        value = encode_value(tenant, routes, effective_from_ms, deleted=deleted)
+        written_at_ms = now_ms()
+        # The global floor inside covers the tenant's own previous change too.
+        effective_from_ms = max(
+            self.reader.lead.effective_from_ms(self.route_lead_ms, written_at_ms),
+            self.reader.effective_times.next_for(tenant, written_at_ms),
+        )
+        value = encode_value(
+            tenant, routes, effective_from_ms, deleted=deleted, written_at_ms=written_at_ms, lead_ms=self.route_lead_ms
+        )
         try:
             async with asyncio.timeout(self.write_timeout):
                 metadata = await producer.send_and_wait(self.topic, value, key=tenant.encode(), partition=0)
@@ -237,11 +250,20 @@ class RouteStore:
                 "not be stored: retry it"
             ) from exc
         offset = int(metadata.offset)
+        took_ms = now_ms() - written_at_ms
+        if self.route_lead_ms and took_ms > DEFAULT_LEAD_MARGIN_MS:
+            # Readers rely on the lead less this margin; a slower write ate into it.
+            log.warning(
+                "tenant %s: write took %d ms to be acknowledged, more than the %d ms margin readers "
+                "keep from the route lead", tenant, took_ms, DEFAULT_LEAD_MARGIN_MS,
+            )
         if not await self.reader.wait_for(offset, self.write_timeout):
             log.warning("tenant %s written at version %d but not read back within %.0fs", tenant, offset, self.write_timeout)
         stored = self._record_at(offset)
         if stored is None:
-            stored = RouteRecord(tenant, MappingProxyType(dict(routes)), offset, effective_from_ms, deleted)
+            stored = RouteRecord(
+                tenant, MappingProxyType(dict(routes)), offset, effective_from_ms, deleted, written_at_ms, self.route_lead_ms
+            )
         log.info(
             "tenant %s %s at version %d, effective from %d",
             tenant,

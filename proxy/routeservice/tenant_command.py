@@ -7,6 +7,7 @@ says which, e.g. ``tenant '123' not found``, ``answered 401``); 2 bad arguments 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ from typing import Any
 
 from proxy.config import Option, add_options, resolve
 from proxy.errors import ConfigError, RouteError
-from proxy.routes.client import DEFAULT_SERVER, RouteServiceClient
+from proxy.routes.client import DEFAULT_SERVER, RouteServiceClient, wait_seconds
 from proxy.routes.records import RouteRecord, check_routes, check_tenant_value, format_rfc3339
+from proxy.routes.catchup import now_ms
 
 CLIENT_OPTIONS = (
     Option("server", "route service URL", DEFAULT_SERVER),
@@ -56,6 +58,12 @@ def register(subparsers: Any) -> None:
         "delete", help="delete a tenant: its later records go back to baseline"
     )
     delete.add_argument("tenant", metavar="TENANT")
+    for sub in (put, delete):
+        sub.add_argument(
+            "--wait",
+            action="store_true",
+            help="return only once the change is in force (the route service's --route-lead after it is stored)",
+        )
     listing = commands.add_parser("list", help="list every tenant's routes")
     for sub in (put, get, delete, listing):
         add_options(sub, CLIENT_OPTIONS)
@@ -108,13 +116,18 @@ def run(args: argparse.Namespace) -> int:
         async with client:
             if command == "put":
                 assert tenant is not None
-                _print_records([await client.put(tenant, routes)], as_json, single=True)
+                record = await client.put(tenant, routes)
+                if args.wait:
+                    await asyncio.sleep(wait_seconds(record.effective_from_ms, record.written_at_ms, now_ms()))
+                _print_records([record], as_json, single=True)
             elif command == "get":
                 assert tenant is not None
                 _print_records([await client.get(tenant)], as_json, single=True)
             elif command == "delete":
                 assert tenant is not None
-                await client.delete(tenant)
+                deletion = await client.delete(tenant)
+                if args.wait:
+                    await asyncio.sleep(wait_seconds(deletion.effective_from_ms, deletion.written_at_ms, now_ms()))
                 if as_json:
                     print(json.dumps({"tenant": tenant, "deleted": True}))
                 else:

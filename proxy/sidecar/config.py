@@ -22,6 +22,7 @@ from proxy.delivery.formats import FORMATS
 from proxy.delivery.ordering import ORDERINGS
 from proxy.delivery.policy import DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS
 from proxy.errors import ConfigError
+from proxy.routing.baggage import is_token
 from proxy.kafka import KAFKA_OPTIONS, KafkaConnection
 from proxy.listener.progress import DEFAULT_STALL_TIMEOUT
 from proxy.delivery.contexts import DEFAULT_GRACE as DEFAULT_DELIVERY_CONTEXT_GRACE
@@ -240,6 +241,12 @@ class SidecarConfig:
         if self.app_cafile is not None and url.scheme != "https":
             # The operator believes deliveries are encrypted; they would not be.
             raise ConfigError(f"--app-cafile is set but --app-url {self.app_url!r} is not https://")
+        if not is_token(self.tenant_key):
+            # Keys are not percent-decoded (W3C Baggage): no member could ever be named so.
+            raise ConfigError(
+                f"--tenant-key {self.tenant_key!r} is not a W3C baggage key: use letters, digits "
+                "and !#$%&'*+-.^_`|~ (an RFC 9110 token)"
+            )
         check("--forward-headers", lambda: check_forward_headers(self.forward_headers))
         if self.format not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")

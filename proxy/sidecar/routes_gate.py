@@ -1,9 +1,10 @@
 """The routes-behind gate: no record is decided on a route table that may miss its route.
 
 Routes are judged at the record's time: a record with a tenant, newer than what the table is
-known to hold, may belong to a route written just now, so the source catches up first (one round
-trip, shared by concurrent callers, at most once per batch; a batch whose newer records carry no
-tenant needs none). Records from clocks ahead of ours are decided once the catch-up returns.
+known to cover (its sync time plus the route lead, the source's ``covered_until_ms``), may belong
+to a route not read yet, so the source catches up first (one round trip, shared by concurrent
+callers, at most once per batch; a batch whose newer records carry no tenant needs none). Records
+from clocks ahead of ours are decided once the catch-up returns.
 
 If the routes cannot be read, deciding on a table that may miss a new route could let baseline
 and sandbox both handle (or both skip) a record. So the batch is put back (each partition rewound
@@ -67,18 +68,19 @@ class RoutesGate:
             await self._retry()
         return not batch or await self._cover(batch)
 
-    def needs_catch_up(self, batch: Batch, synced_at_ms: int) -> bool:
+    def needs_catch_up(self, batch: Batch, covered_ms: int) -> bool:
         """The gate's condition: some record of ``batch`` with a tenant is newer than the time
-        up to which the table is known complete."""
-        return self._tenants_after(batch, synced_at_ms)
+        up to which the table is known to cover (``covered_until_ms``)."""
+        return self._tenants_after(batch, covered_ms)
 
     async def _cover(self, batch: Batch) -> bool:
         """Make the route table complete up to the newest record of ``batch`` before deciding it;
         False when the routes cannot be read (the batch is put back)."""
         source = self.source
-        synced_at_ms = source.synced_at_ms
+        # Not the sync time itself: the route lead covers records up to covered_until_ms.
+        covered_ms = source.covered_until_ms
         newest = max(records[-1].timestamp for records in batch.values())
-        if newest <= synced_at_ms or not self.needs_catch_up(batch, synced_at_ms):
+        if newest <= covered_ms or not self.needs_catch_up(batch, covered_ms):
             return True
         if self.behind_since is None:
             try:

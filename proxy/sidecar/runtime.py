@@ -13,6 +13,7 @@ import collections
 import gc
 import logging
 import signal
+import time
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -36,6 +37,8 @@ from proxy.metrics import Metrics
 from proxy.routeservice.groups import SandboxGroup, register_sandbox_group
 from proxy.routing.filter import Decided, RouteFilter
 from proxy.routing.sources import CatchUpRouteSource, RouteSource, create_route_source
+from proxy.routes.catchup import now_ms
+from proxy.routes.table import RouteHistory
 from proxy.routing.tenant import BAGGAGE_HEADER, TenantExtractor
 from proxy.sidecar.config import SidecarConfig
 from proxy.sidecar.readiness import Readiness
@@ -55,6 +58,8 @@ FETCH_MAX_BYTES = 1024 * 1024
 REVOKE_TIMEOUT = 5.0
 KAFKA_RETRY_INITIAL = 0.5
 KAFKA_RETRY_MAX = 10.0
+# Route history older than what the partitions may still bring is dropped this often.
+ROUTE_PRUNE_INTERVAL = 60.0
 
 
 def freeze_startup_objects() -> None:
@@ -158,6 +163,8 @@ class Sidecar:
             if isinstance(source, CatchUpRouteSource)
             else None
         )
+        if self.routes_gate is not None:
+            self.metrics.track_route_catch_ups(self.routes_gate.source.catch_ups)
         # Publish endpoint, ktp-delivery contexts, CloudEvents, propagators, spans.
         self.context_parts = build_context_parts(config, self.metrics, tracer_provider=tracer_provider)
         self.dispatcher = Dispatcher(
@@ -168,6 +175,7 @@ class Sidecar:
             dead_letters=self.dead_letters,
             metrics=self.metrics,
             forwarded_headers=forwarded_header_names(extra=config.forward_headers),
+            tenant_key=config.tenant_key,
             ordering=config.ordering,
             max_in_flight=config.app_concurrency,
             max_record_bytes=config.max_record_bytes,
@@ -188,6 +196,7 @@ class Sidecar:
         )
         self.metrics_server = HttpServer(config.metrics_addr, metrics_routes(self._render_metrics), name="metrics")
         self.gauges = PartitionGauges(self.metrics, self.listener, self.partitions, self.table, config.stall_timeout)
+        self.route_history = RouteHistory(self.table)
         self._recent = RecentDecisions()
         self._stopping = asyncio.Event()
         self.ready = Readiness(
@@ -340,8 +349,8 @@ class Sidecar:
             for name, value in record.headers:
                 # tenant.baggage_value, inlined: it runs for every record of every topic.
                 if name == BAGGAGE_HEADER or (len(name) == 7 and name.lower() == BAGGAGE_HEADER):
-                    raw = value
-                    break
+                    # several baggage headers are one baggage-string (tenant.baggage_value)
+                    raw = value if not raw else (raw + b"," + value if value else raw)
             entry = memo.get(raw)
             if entry is None or record.timestamp < entry.since_ms:
                 entry = decide_raw(raw, record.timestamp)
@@ -352,6 +361,7 @@ class Sidecar:
                 begin(record.offset)
                 submit(state, record)
         state.offsets.fetched_through(records[-1].offset)
+        self.route_history.fetched(tp, records[0].timestamp)
         skipped: dict[str, int] = {}
         for entry, count in collections.Counter(decided).items():
             if not entry.deliver:
@@ -413,11 +423,16 @@ class Sidecar:
             self.partitions.mark_committed(offsets)
 
     async def _commit_loop(self) -> None:
+        next_prune = time.monotonic() + ROUTE_PRUNE_INTERVAL
         while True:
             await asyncio.sleep(self.config.commit_interval)
             try:
                 await self.commit()
                 self.gauges.update()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + ROUTE_PRUNE_INTERVAL
+                    if dropped := self.route_history.prune(self.partitions.tps(), now_ms()):
+                        log.info("route history: dropped %d superseded routes", dropped)
             except Exception:  # keep committing whatever one round hit
                 log.exception("commit round failed")
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 from opentelemetry import trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
 from opentelemetry.propagators.textmap import TextMapPropagator
@@ -139,10 +138,3 @@ class Propagation:
         for name in self.trace_fields:
             carrier.pop(name, None)
         self.inject(context, carrier)
-
-
-def baggage_members(header: str | None) -> Context:
-    """The baggage of one W3C ``baggage`` header value as a context (empty if none/invalid)."""
-    if not header:
-        return Context()
-    return W3CBaggagePropagator().extract({BAGGAGE: header}, context=Context())

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.kafka import KafkaConnection
-from proxy.routes.client import RouteServiceClient
+from proxy.routes.client import RouteServiceClient, wait_seconds
 from proxy.routeservice.server import RouteService, RouteServiceConfig
+from proxy.routes.catchup import now_ms
 from proxy.sidecar.runtime import Sidecar
 from proxy.testing.app import RecordingApp
 from tests.conftest import baggage, create_topic, produce, sidecar_config
@@ -72,7 +73,10 @@ async def test_records_wait_while_routes_cannot_be_read(tmp_path: Path) -> None:
         proxy, bootstrap, topic, routes = pods.proxy, pods.bootstrap, pods.topic, pods.routes
         base_app, sandbox_app, sidecars = pods.base_app, pods.sandbox_app, pods.sidecars
         proxy.cut({ROUTE_READER})
-        await routes.put("123", {SERVICE: "pr-42"})
+        stored = await routes.put("123", {SERVICE: "pr-42"})
+        # Records follow once the route is in force: beyond what the pods' last sync plus the
+        # route lead covers, so each pod must read the routes before deciding them.
+        await asyncio.sleep(wait_seconds(stored.effective_from_ms, stored.written_at_ms, now_ms()))
         records = [(None, f"{t}/{n}".encode(), baggage(t)) for n in range(100) for t in ("123", "456")]
         await produce(bootstrap, topic, records)
         cut_started = time.monotonic()
@@ -129,6 +133,8 @@ async def test_records_without_a_tenant_flow_while_routes_cannot_be_read(tmp_pat
         flowed_during_cut = len(base_app.received)
         sandbox_during_cut = len(sandbox_app.received)
         held_back = [sorted(p.listener.paused(tp)) for p in sidecars for tp in p.listener.assignment()]
+        # Past what the pods' last sync plus the route lead covers (1 s less the margin).
+        await asyncio.sleep(1.0)
         await produce(bootstrap, topic, [(None, b"123/after", baggage("123"))])
         await until(
             lambda: all(not p.readiness()[1]["routes_synced"] for p in sidecars),

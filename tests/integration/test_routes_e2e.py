@@ -1,7 +1,10 @@
 """Route service + kafka: route source + baseline and sandbox sidecars, on the real broker.
 
 The seeds' scenario end to end: tenants routed through the API, records judged by the routes in
-force at their time, sandbox groups positioned and cleaned up by the route lifecycle.
+force at their time, sandbox groups positioned and cleaned up by the route lifecycle. Each test
+runs with the default route lead (writers wait until the change is in force, as ``ktp tenant put
+--wait`` does) and with lead 0 (records follow the write at once: what an older route service
+without a lead gives, every batch newer than the table's sync catching up).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import pytest
 from aiokafka import TopicPartition
 
 from proxy.kafka import KafkaConnection
-from proxy.routes.client import RouteServiceClient
+from proxy.routes.client import RouteServiceClient, wait_seconds
 from proxy.routeservice.server import RouteService, RouteServiceConfig
+from proxy.routes.records import RouteRecord
+from proxy.routes.catchup import now_ms
 from proxy.routing.sources.kafka_source import KafkaRouteSource
 from proxy.sidecar.runtime import Sidecar, committed_offsets
 from proxy.testing.app import RecordingApp
@@ -27,10 +32,18 @@ from tests.conftest import baggage, eventually, produce, sidecar_config
 
 TOKEN = "e2e-token"
 SERVICE = "orders-worker"
+LEADS = pytest.mark.parametrize("route_lead", [1.0, 0.0], ids=["lead-1s", "lead-0"])
+
+
+async def in_force(record: RouteRecord) -> None:
+    """Wait until a write is in force, as ``ktp tenant put --wait`` does."""
+    await asyncio.sleep(wait_seconds(record.effective_from_ms, record.written_at_ms, now_ms()))
 
 
 @contextlib.asynccontextmanager
-async def route_service(bootstrap_servers: str, topic: str, tmp_path: Path) -> AsyncIterator[RouteServiceClient]:
+async def route_service(
+    bootstrap_servers: str, topic: str, tmp_path: Path, route_lead: float = 1.0
+) -> AsyncIterator[RouteServiceClient]:
     token = tmp_path / "token"
     token.write_text(TOKEN)
     config = RouteServiceConfig(
@@ -41,6 +54,7 @@ async def route_service(bootstrap_servers: str, topic: str, tmp_path: Path) -> A
         token_file=str(token),
         group_reap_interval=0.5,
         drain_timeout=1.0,
+        route_lead=route_lead,
     )
     async with RouteService(config) as service, RouteServiceClient(service.url, token=TOKEN) as client:
         yield client
@@ -82,10 +96,13 @@ async def committed(bootstrap_servers: str, group: str, topic: str) -> dict[int,
     return {tp.partition: offset for tp, offset in found.items()}
 
 
-async def test_seeds_scenario_each_record_handled_once(bootstrap_servers: str, topic: str, tmp_path: Path) -> None:
+@LEADS
+async def test_seeds_scenario_each_record_handled_once(
+    bootstrap_servers: str, topic: str, tmp_path: Path, route_lead: float
+) -> None:
     """Tenant 123 → C'' (sandbox pr-42), everyone else → baseline C; 100 tenants created at once
     and used at once with 10k records: none handled twice, none by nobody."""
-    async with route_service(bootstrap_servers, topic, tmp_path) as routes:
+    async with route_service(bootstrap_servers, topic, tmp_path, route_lead) as routes:
         async with RecordingApp("C") as base_app, RecordingApp("C''") as sandbox_app:
             base = sidecar(bootstrap_servers, topic, base_app, lagging=True)
             sandboxed = sidecar(bootstrap_servers, topic, sandbox_app, sandbox="pr-42", lagging=True)
@@ -95,9 +112,10 @@ async def test_seeds_scenario_each_record_handled_once(bootstrap_servers: str, t
 
                 async def create_and_use(i: int, tenant: str) -> set[str]:
                     # Even tenants go to the sandbox for this service, odd ones route another
-                    # service only; records follow the write at once (no wait for propagation).
+                    # service only; records follow the write as soon as it is in force (no wait
+                    # for propagation).
                     target = {SERVICE: "pr-42"} if i % 2 == 0 else {"billing": "pr-9"}
-                    await routes.put(tenant, target)
+                    await in_force(await routes.put(tenant, target))
                     records = [(None, f"{tenant}/{n}".encode(), baggage(tenant)) for n in range(95)]
                     await produce(bootstrap_servers, topic, records)
                     return {f"{tenant}/{n}" for n in range(95)}
@@ -125,16 +143,18 @@ async def test_seeds_scenario_each_record_handled_once(bootstrap_servers: str, t
     assert len(in_sandbox) == 50 * 95
 
 
+@LEADS
 async def test_sandbox_started_after_its_route_gets_every_record_since_effective_from(
-    bootstrap_servers: str, topic: str, tmp_path: Path
+    bootstrap_servers: str, topic: str, tmp_path: Path, route_lead: float
 ) -> None:
-    async with route_service(bootstrap_servers, topic, tmp_path) as routes:
+    async with route_service(bootstrap_servers, topic, tmp_path, route_lead) as routes:
         async with RecordingApp("C") as base_app, RecordingApp("C''") as sandbox_app:
             async with sidecar(bootstrap_servers, topic, base_app) as base:
                 await eventually(lambda: _ready(base), what="baseline ready")
                 before = [(None, f"before/{n}".encode(), baggage("123")) for n in range(20)]
                 await produce(bootstrap_servers, topic, before)
                 record = await routes.put("123", {SERVICE: "pr-7"})
+                await in_force(record)
                 after = [(None, f"after/{n}".encode(), baggage("123")) for n in range(50)]
                 others = [(None, f"other/{n}".encode(), baggage("456")) for n in range(30)]
                 await produce(bootstrap_servers, topic, after + others)
@@ -150,12 +170,13 @@ async def test_sandbox_started_after_its_route_gets_every_record_since_effective
     assert max(bodies(sandbox_app).values()) == 1 and max(bodies(base_app).values()) == 1
 
 
+@LEADS
 async def test_deleting_a_tenant_returns_it_to_baseline_and_removes_the_sandbox_group(
-    bootstrap_servers: str, topic: str, tmp_path: Path
+    bootstrap_servers: str, topic: str, tmp_path: Path, route_lead: float
 ) -> None:
     group = f"g-{topic}-pr-42"
-    async with route_service(bootstrap_servers, topic, tmp_path) as routes:
-        await routes.put("123", {SERVICE: "pr-42"})
+    async with route_service(bootstrap_servers, topic, tmp_path, route_lead) as routes:
+        await in_force(await routes.put("123", {SERVICE: "pr-42"}))
         async with RecordingApp("C") as base_app, RecordingApp("C''") as sandbox_app:
             async with sidecar(bootstrap_servers, topic, base_app) as base:
                 async with sidecar(bootstrap_servers, topic, sandbox_app, sandbox="pr-42") as sandboxed:
@@ -164,7 +185,8 @@ async def test_deleting_a_tenant_returns_it_to_baseline_and_removes_the_sandbox_
                     await sandbox_app.wait_for(40)
                     await eventually(lambda: _has_commits(bootstrap_servers, group, topic), what="sandbox commits")
                 # The sandbox is torn down (its pods leave), then the tenant is deleted.
-                await routes.delete("123")
+                deletion = await routes.delete("123")
+                await asyncio.sleep(wait_seconds(deletion.effective_from_ms, deletion.written_at_ms, now_ms()))
                 await produce(bootstrap_servers, topic, [(None, f"back/{n}".encode(), baggage("123")) for n in range(40)])
                 await base_app.wait_for(40)
                 started = time.monotonic()

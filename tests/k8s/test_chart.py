@@ -466,6 +466,19 @@ def test_route_service_auth_extra_args_and_env(chart: Chart) -> None:
     assert "--read-token-file" not in args
 
 
+def test_route_lead_is_a_value_the_route_service_parses(chart: Chart) -> None:
+    """`routes.routeLead` reaches `ktp routes serve --route-lead` as a value it accepts."""
+    from proxy.cli import build_parser
+    from proxy.routeservice.server import parse_route_lead
+
+    for lead, seconds in ((None, 1.0), (0, 0.0), (2.5, 2.5)):
+        values = {} if lead is None else {"routes": {"routeLead": lead}}
+        args = one(render(chart, values), "Deployment", "routes")["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert parse_route_lead(build_parser().parse_args(args).route_lead) == seconds
+    with pytest.raises(HelmError, match="routeLead"):
+        render(chart, {"routes": {"routeLead": 601}})
+
+
 def test_http_routes_need_a_token_or_public_reads(chart: Chart) -> None:
     http = {"sidecar": {"routes": "http://ktp-routes.ktp.svc:8080"}}
     with pytest.raises(HelmError, match="sidecar.routesTokenSecret.name"):

@@ -53,9 +53,13 @@ async def test_put_get_list_delete_round_trip(service: RouteService, client: Rou
         service, "PUT", "/v1/tenants/123", body={"routes": {"orders-worker": "pr-42"}}, headers=AUTH
     )
     assert status == 200, stored
-    assert set(stored) == {"tenant", "routes", "version", "effective_from"}
+    assert set(stored) == {"tenant", "routes", "version", "effective_from", "written_at", "lead_ms"}
     assert stored["tenant"] == "123" and stored["routes"] == {"orders-worker": "pr-42"}
-    assert before <= parse_rfc3339(stored["effective_from"]) <= now_ms()
+    # Stored at once, in force one route lead (1 s by default) after it was written.
+    assert stored["lead_ms"] == 1000
+    written = parse_rfc3339(stored["written_at"])
+    assert before <= written <= now_ms()
+    assert parse_rfc3339(stored["effective_from"]) == written + 1000
     assert stored["effective_from"].endswith("Z") and stored["version"] >= 0
 
     status, got, _ = await call(service, "GET", "/v1/tenants/123")

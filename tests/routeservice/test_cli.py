@@ -12,6 +12,8 @@ import sys
 import aiohttp
 
 from proxy.routeservice.server import RouteService
+from proxy.routes.records import parse_rfc3339
+from proxy.routes.catchup import now_ms
 from proxy.testing.broker import free_port
 from tests.conftest import eventually
 
@@ -80,6 +82,16 @@ async def test_tenant_commands(service: RouteService, token_file: str, tmp_path:
 
     code, out, err = await ktp("tenant", "delete", "123", env=env)
     assert code == 0 and "tenant 123 deleted" in out
+
+    # --wait returns once the change is in force: the route lead (1 s) after it was stored.
+    started = now_ms()
+    code, out, err = await ktp("tenant", "put", "w", "--route", "orders-worker=pr-1", "--wait", "--output", "json", env=env)
+    assert code == 0, err
+    assert now_ms() >= parse_rfc3339(json.loads(out)["effective_from"]) >= started + 1000
+    started = now_ms()
+    code, out, err = await ktp("tenant", "delete", "w", "--wait", env=env)
+    assert code == 0, err
+    assert now_ms() - started >= 1000
 
     # Refused by the server: exit 1 with the server's reason.
     code, out, err = await ktp("tenant", "delete", "123", env=env)

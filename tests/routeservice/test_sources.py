@@ -36,17 +36,21 @@ async def check_new_route_and_deletion(source: CatchUpRouteSource, client: Route
     route = table.latest("t-new")
     assert route is not None and dict(route.services) == {"orders-worker": "pr-42"}
     assert route.effective_from_ms == stored.effective_from_ms and route.version == stored.version
-    assert source.synced_at_ms >= stored.effective_from_ms
+    # The sync started after the write: the table is complete past it, and covers records up to
+    # the route lead beyond, less the margin (the route itself takes effect a full lead after).
+    assert stored.written_at_ms is not None and source.synced_at_ms >= stored.written_at_ms
+    assert stored.effective_from_ms - stored.written_at_ms == 1000
+    assert source.synced_at_ms < source.covered_until_ms < stored.effective_from_ms + (source.synced_at_ms - stored.written_at_ms)
     assert table.sandbox_for("t-new", "orders-worker", stored.effective_from_ms - 1) is None
     assert table.sandbox_for("t-new", "orders-worker", stored.effective_from_ms) == "pr-42"
 
-    before_delete = now_ms()
+    before_delete = max(now_ms(), stored.effective_from_ms)
     await client.delete("t-new")
     await source.catch_up()
     assert table.latest("t-new") is None
     # History: records from before the deletion are still judged by the route then in force.
     deleted_at = next(
-        t for t in range(before_delete, now_ms() + 1) if table.sandbox_for("t-new", "orders-worker", t) is None
+        t for t in range(before_delete, now_ms() + 2000) if table.sandbox_for("t-new", "orders-worker", t) is None
     )
     assert deleted_at > stored.effective_from_ms
     assert table.sandbox_for("t-new", "orders-worker", deleted_at - 1) == "pr-42"
@@ -94,6 +98,14 @@ async def test_http_source_watches_the_route_service(
             await asyncio.sleep(0.01)
         assert source.table.latest("t-watched").version == stored.version  # type: ignore[union-attr]
         assert source.cursor >= stored.version
+        # The watch asks again every third of the usable lead, so its completeness stays fresh:
+        # live records are covered without a catch-up, with no route change at all meanwhile.
+        assert source.lead.lead_ms(now_ms()) == 1000 and source.next_watch_wait() == 0.25
+        asked = dict(source.catch_ups)
+        await asyncio.sleep(1.5)
+        assert now_ms() - source.synced_at_ms < 750 and source.covered_until_ms > now_ms()
+        await source.catch_up(now_ms())
+        assert dict(source.catch_ups) == asked
 
 
 async def test_create_route_source_specs(bootstrap_servers: str, routes_topic: str, tmp_path: object) -> None:

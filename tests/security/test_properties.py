@@ -58,6 +58,7 @@ from proxy.routeservice.api import (
 )
 from proxy.routeservice.server import RouteService, RouteServiceConfig
 from proxy.routes.table import NAME_PATTERN
+from proxy.routing import baggage
 from proxy.routing.tenant import MAX_BAGGAGE_BYTES, TenantExtractor
 
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -108,30 +109,26 @@ baggage_values = st.one_of(
 
 @settings(FAST, max_examples=4000)
 @given(st.lists(st.tuples(baggage_names, baggage_values), max_size=5))
-def test_tenant_extraction_never_raises_and_agrees_with_the_propagator(headers: list[tuple[str, bytes]]) -> None:
+def test_tenant_extraction_never_raises_and_agrees_with_the_reference(headers: list[tuple[str, bytes]]) -> None:
     extractor = TenantExtractor("tenant")
     lookup = extractor.from_headers(headers)
     assert lookup == extractor.from_headers(headers)  # the cache answers the same
-    first = next((v for n, v in headers if n.lower() == "baggage"), None)
-    if first is None or first == b"":
+    values = [v for n, v in headers if n.lower() == "baggage" and n.isascii()]
+    joined = baggage.combine(values)
+    if joined is None:
         assert lookup.tenant is None and lookup.problem is None
         return
-    if len(first) > MAX_BAGGAGE_BYTES:
+    parsed = baggage.parse(joined)
+    if parsed.too_large:
         assert lookup.problem == "baggage_too_large"
         return
-    try:
-        text = first.decode("utf-8")
-    except UnicodeDecodeError:
-        assert lookup.problem == "baggage_not_utf8"
-        return
-    context = W3CBaggagePropagator().extract({"baggage": text}, context=Context())
-    expected = otel_baggage.get_baggage("tenant", context)
-    assert lookup.problem is None
-    assert lookup.tenant == (str(expected) if expected not in (None, "") else None)
+    assert lookup.tenant == (parsed.get("tenant") or None)
 
 
 @settings(FAST, max_examples=3000)
-@given(st.text(min_size=1, max_size=64).filter(lambda t: t.strip() == t), st.lists(st.tuples(st.sampled_from(["a", "b", "user"]), st.text(max_size=10)), max_size=3))
+# OpenTelemetry Python writes a space as '+' (form encoding), which the W3C specification reads
+# as a plus sign: a tenant with a space does not survive its propagator (tests/unit/test_tenant.py).
+@given(st.text(min_size=1, max_size=64).filter(lambda t: t.strip() == t and " " not in t), st.lists(st.tuples(st.sampled_from(["a", "b", "user"]), st.text(max_size=10)), max_size=3))
 def test_a_tenant_written_by_opentelemetry_reads_back(tenant: str, others: list[tuple[str, str]]) -> None:
     context = otel_baggage.set_baggage("tenant", tenant, Context())
     for key, value in others:
@@ -175,8 +172,18 @@ def test_header_mapping_never_injects_and_never_leaves_the_allowlist(
     assert headers["kafka-topic"] == "t" and headers["kafka-offset"] == "7"
     if key is not None:
         assert unquote_to_bytes(headers["kafka-key"]) == key
-    # An allowlisted header is the record's first one of that (ASCII, case-folded) name.
-    for name in allowlist - {"content-type"}:
+    # baggage: all the record's baggage headers as one, forwarded as the reference says, with
+    # the tenant the route filter reads (tests/unit/test_baggage.py proves the two agree).
+    if "baggage" in allowlist:
+        joined = baggage.combine(v for n, v in record_headers if n.isascii() and n.lower() == "baggage")
+        expected = baggage.for_delivery(joined, "tenant").header
+        assert headers.get("baggage") == expected
+        if expected is not None:
+            assert joined is not None
+            tenant = TenantExtractor().from_baggage(joined).tenant
+            assert (baggage.parse(expected.encode()).get("tenant") or None) == tenant
+    # Any other allowlisted header is the record's first one of that (ASCII, case-folded) name.
+    for name in allowlist - {"content-type", "baggage"}:
         first = next((v for n, v in record_headers if n.isascii() and n.lower() == name), None)
         if first is not None and valid_field_value(first):
             assert headers[name] == first.decode("ascii")

@@ -13,7 +13,6 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.consumer.subscription_state import SubscriptionState
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
 from proxy import compat
 
@@ -77,16 +76,16 @@ async def test_admin_send_request_fails_loudly_when_missing() -> None:
         await compat.send_admin_request(Bare(), object(), 0)  # type: ignore[arg-type]
 
 
-def test_baggage_limits_match_the_propagator() -> None:
-    assert compat.BAGGAGE_MAX_HEADER_LENGTH == W3CBaggagePropagator._MAX_HEADER_LENGTH == 8192
-    assert compat.BAGGAGE_MAX_PAIR_LENGTH == W3CBaggagePropagator._MAX_PAIR_LENGTH == 4096
-    assert compat.BAGGAGE_MAX_PAIRS == W3CBaggagePropagator._MAX_PAIRS == 180
+async def test_consumer_client_sends_requests_through_send() -> None:
+    # The routes reader observes Fetch requests by wrapping the consumer's client ``send``.
+    from aiokafka.client import AIOKafkaClient
 
-
-def test_baggage_key_check() -> None:
-    assert compat.is_valid_baggage_key("tenant")
-    assert not compat.is_valid_baggage_key("ten ant")
-    assert not compat.is_valid_baggage_key("")
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+    assert isinstance(consumer._client, AIOKafkaClient)
+    assert inspect.iscoroutinefunction(AIOKafkaClient.send)
+    seen: list[object] = []
+    compat.observe_fetches(consumer, lambda sent, answer: seen.append(answer), lambda: 0)
+    assert consumer._client.send.__name__ == "observed"
 
 
 async def test_positions_and_first_generation_of_an_unstarted_consumer() -> None:

@@ -88,3 +88,56 @@ def test_field_values_and_keys_match_their_definitions(raw: bytes) -> None:
     expected = all(0x20 <= b <= 0x7E or b == 0x09 for b in raw) and raw == raw.strip(b" \t")
     assert valid_field_value(raw) is expected
     assert encode_key(raw) == quote(raw, safe="")
+
+
+def _baggage(record_headers: list[tuple[str, bytes]]) -> tuple[str | None, list[str], list[str]]:
+    notes: list[str] = []
+    headers, rejected = build_headers(
+        topic="t", partition=1, offset=2, timestamp=3, key=None, record_headers=record_headers,
+        forwarded=FORWARDED, notes=notes,
+    )
+    return headers.get("baggage"), rejected, notes
+
+
+def test_baggage_that_is_not_a_field_value_is_re_serialized_with_its_tenant() -> None:
+    """The leak: `tenant=t1 ` (as producers send it) or a non-ASCII member elsewhere used to drop
+    the whole header, so the app's next hop routed a sandbox tenant as baseline."""
+    assert _baggage([("baggage", b"tenant=t1 ")]) == ("tenant=t1", [], ["re-serialized: whitespace at the ends or empty members removed"])
+    sent, rejected, notes = _baggage([("baggage", " user=a, note=café, tenant=t1 ".encode())])
+    assert sent == "user=a,tenant=t1" and rejected == ["baggage"]
+    assert notes == ["re-serialized: invalid members or properties left out: 'note'"]
+    assert _baggage([("baggage", b"tenant=t1;p=x, a=1;q")]) == (
+        "tenant=t1,a=1;q", [], ["re-serialized: properties of 'tenant' removed"])
+    assert _baggage([("baggage", b"tenant=t1, a = 1")]) == ("tenant=t1, a = 1", [], [])  # valid: as is
+
+
+def test_several_baggage_headers_are_forwarded_as_one() -> None:
+    sent, rejected, notes = _baggage([("baggage", b"tenant=1"), ("traceparent", b"00-a-b-01"), ("Baggage", b"tenant=2")])
+    assert (sent, rejected, notes) == ("tenant=1,tenant=2", [], [])
+
+
+def test_baggage_over_the_limits_is_not_forwarded_and_counted() -> None:
+    sent, rejected, notes = _baggage([("baggage", b"tenant=1," + b"x=" + b"y" * 9000)])
+    assert sent is None and rejected == ["baggage"] and "W3C limits" in notes[0]
+
+
+def test_rate_limited_log() -> None:
+    import logging
+
+    from proxy.delivery.dispatcher import RateLimitedLog
+
+    now = [0.0]
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("test_rate_limited_log")
+    logger.addHandler(Collect())
+    limited = RateLimitedLog(logger, 10.0, clock=lambda: now[0])
+    assert limited.warning("a %d", 1)
+    assert not limited.warning("a %d", 2) and not limited.warning("a %d", 3)
+    now[0] = 10.0
+    assert limited.warning("a %d", 4)
+    assert lines == ["a 1", "a 4 (and 2 more like it in the last 10s)"]

@@ -16,6 +16,7 @@ from proxy.publish.request import (
     record_context,
     topic_from_path,
 )
+from proxy.routing.baggage import parse
 from proxy.routing.tenant import TenantExtractor
 from proxy.telemetry.propagation import Propagation
 
@@ -123,3 +124,18 @@ def test_publish_header_allowlist() -> None:
     for refused in ("baggage", "traceparent", "b3", "kafka-key", "ktp-delivery", "content-length", "authorization", "bad name"):
         with pytest.raises(ValueError):
             check_publish_headers([refused])
+
+
+def test_merged_baggage_keeps_the_delivery_tenant_as_the_specification_reads_it() -> None:
+    """A delivery of `tenant=t1;p=x` (properties, as Java and JavaScript producers write them) and
+    an app that adds baggage of its own: the record published still has tenant t1, its members
+    keep their bytes (OpenTelemetry Python's propagator would have written `t1%3Bp%3Dx`, which
+    every W3C reader takes for another tenant)."""
+    delivery = (("traceparent", TRACEPARENT_A), ("baggage", "tenant=t1;p=x,user=7"))
+    context = record_context({"baggage": "user=8,q=a+b"}, delivery, W3C, tenant_key="tenant", default_tenant=None)
+    assert context["baggage"] == "tenant=t1;p=x,user=8,q=a+b"
+    assert parse(context["baggage"].encode()).get("tenant") == "t1"
+    # The request's own tenant wins, even when the delivery's had duplicates.
+    delivery = (("baggage", "tenant=t0,tenant=t1"),)
+    context = record_context({"baggage": "tenant=t2"}, delivery, W3C, tenant_key="tenant", default_tenant=None)
+    assert context["baggage"] == "tenant=t2"

@@ -8,12 +8,15 @@ True once the source has read its backing store completely at least once.
 - ``file:<path>``        a YAML file (e.g. a mounted ConfigMap), re-read when it changes
 
 The ``kafka:`` and ``http:`` sources also offer ``catch_up()`` (return once the table holds every
-route written before the call) and ``synced_at_ms`` (the wall-clock time up to which the table is
-known complete), for a sidecar that meets an unknown tenant on a record newer than its table.
+route written before the call), ``synced_at_ms`` (the wall-clock time up to which the table is
+known complete) and ``covered_until_ms`` (that time plus the route lead the writers state, less a
+margin: no route missing from the table takes effect before it, :mod:`proxy.routes.lead`). A
+sidecar decides records up to ``covered_until_ms`` at once and catches up only for newer ones.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +51,20 @@ class CatchUpRouteSource(RouteSource, Protocol):
         """Wall-clock time (ms) before which every route written is in the table."""
         ...
 
+    @property
+    def covered_until_ms(self) -> int:
+        """Time (ms) through which no route missing from the table can take effect."""
+        ...
+
+    @property
+    def catch_ups(self) -> collections.Counter[str]:
+        """Catch-ups that records not covered by the table asked for, by reason."""
+        ...
+
     async def catch_up(self, at_ms: int | None = None) -> None:
         """Return once the table holds every route written before the call (at once when
-        ``at_ms`` is given and already covered). Concurrent calls are coalesced."""
+        ``at_ms``, a record's time, is given and not after ``covered_until_ms``). Concurrent
+        calls are coalesced."""
         ...
 
 

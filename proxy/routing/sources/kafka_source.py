@@ -3,6 +3,7 @@ topic directly (the default) with :class:`~proxy.routes.topic.RoutesTopicReader`
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 
 from proxy.kafka import KafkaConnection
@@ -62,6 +63,17 @@ class KafkaRouteSource:
         """Wall-clock time (ms) before which every acknowledged route write is in the table."""
         return self.reader.synced_at_ms
 
+    @property
+    def covered_until_ms(self) -> int:
+        """Time through which no route missing from the table can take effect (sync time plus
+        the writers' lead, less a margin): records up to it are decided without a round trip."""
+        return self.reader.covered_until_ms
+
+    @property
+    def catch_ups(self) -> collections.Counter[str]:
+        """Catch-ups asked for by records the table did not cover, by reason."""
+        return self.reader.catch_ups
+
     async def start(self) -> None:
         await self.reader.start()
         self.table.synced = True
@@ -81,7 +93,7 @@ class KafkaRouteSource:
 
         Cheap when nothing was written since the last sync (one ListOffsets round trip), and
         shared by concurrent callers. With ``at_ms`` (a record's timestamp), return at once when
-        the table is already complete up to it. Raises :class:`RouteSourceError` when the topic
+        the table already covers it (:attr:`covered_until_ms`). Raises :class:`RouteSourceError` when the topic
         cannot be reached in time; the table keeps what it has.
         """
         await self.reader.catch_up(at_ms)
