@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from proxy.listener.kafka import KafkaListener
+from proxy.metrics import Metrics
 from proxy.routes.table import RouteTable
 from proxy.routing.sources import RouteSource
 from proxy.sidecar.config import SidecarConfig
@@ -34,19 +35,19 @@ class Readiness:
     def __init__(
         self,
         config: SidecarConfig,
-        *,
         listener: KafkaListener,
         table: RouteTable,
         route_source: RouteSource,
         health: AppHealth,
-        stopping: asyncio.Event,
+        metrics: Metrics,
     ) -> None:
         self.config = config
         self.listener = listener
         self.table = table
         self.route_source = route_source
         self.health = health
-        self.stopping = stopping
+        self.metrics = metrics
+        self.stopping = asyncio.Event()
         self.routes_gate: RoutesGate | None = None
         self._kafka_problem: str | None = None
         self._routes_problem: tuple[str, float] | None = None
@@ -65,6 +66,8 @@ class Readiness:
         self._kafka_problem = None
 
     def route_source_failed(self, message: str) -> None:
+        """The route source reported a failure (counted, and kept for the reasons)."""
+        self.metrics.route_source_errors.inc()
         self._routes_problem = (message, time.time())
 
     def checks(self) -> tuple[bool, dict[str, Any]]:

@@ -125,13 +125,11 @@ class Sidecar:
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.config = config
-        # Unusable TLS or SASL files stop the sidecar here, with one line, before any part
-        # starts: inside the parts' connect loops they would be retried (and logged) forever.
-        config.kafka.client_kwargs()
+        config.kafka.client_kwargs()  # unusable TLS/SASL files: one line now, not retried forever
         self.metrics = metrics or Metrics()
         self.route_source = route_source or create_route_source(
             config.routes,
-            on_error=self._route_source_failed,
+            on_error=lambda message: self.ready.route_source_failed(message),
             connection=config.kafka,
             token_file=config.routes_token_file,
             cafile=config.routes_cafile,
@@ -199,11 +197,8 @@ class Sidecar:
         self.route_history = RouteHistory(self.table)
         self._recent = RecentDecisions()
         self._stopping = asyncio.Event()
-        self.ready = Readiness(
-            config, listener=self.listener, table=self.table, route_source=self.route_source,
-            health=self.health, stopping=self._stopping,
-        )
-        self.ready.routes_gate = self.routes_gate
+        self.ready = Readiness(config, self.listener, self.table, self.route_source, self.health, self.metrics)
+        self.ready.routes_gate, self.ready.stopping = self.routes_gate, self._stopping
         self._commit_lock = asyncio.Lock()
         self._commit_task: asyncio.Task[None] | None = None
         self._started: list[Any] = []
@@ -449,10 +444,6 @@ class Sidecar:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """(ready, the checks): see :mod:`proxy.sidecar.readiness`."""
         return self.ready.checks()
-
-    def _route_source_failed(self, message: str) -> None:
-        self.metrics.route_source_errors.inc()
-        self.ready.route_source_failed(message)
 
     def readiness_detail(self) -> dict[str, Any]:
         """Stalled partitions, for ``/readyz``. They do not fail readiness: Kafka does not route by
