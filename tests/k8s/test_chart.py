@@ -407,6 +407,7 @@ def test_route_service_command_and_wiring(chart: Chart) -> None:
         "--bootstrap-servers", "kafka.kafka.svc:9092",
         "--listen", "0.0.0.0:8080",
         "--routes-topic", "_ktp_routes",
+        "--route-lead", "1",
         "--token-file", "/var/run/secrets/kafka-tenant-proxy/routes/token",
     ]  # fmt: skip
     token_volume = next(v for v in pod["volumes"] if v["name"] == "token")
