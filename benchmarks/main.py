@@ -64,7 +64,7 @@ FULL = {"skip_records": 300_000, "deliver_records": 30_000, "naive_records": 5_0
 QUICK = {"skip_records": 50_000, "deliver_records": 6_000, "naive_records": 1_500,
          "latency_seconds": 3.0, "decision_records": 20_000, "repeat": 1}
 
-SECTIONS = ("skip", "deliver", "latency", "decision", "fleet")
+SECTIONS = ("skip", "deliver", "latency", "bulk", "decision", "fleet")
 LABELS = {
     "raw": "raw aiokafka getmany loop",
     "sidecar-skip": "ktp sidecar, every tenant routed away",
@@ -72,6 +72,7 @@ LABELS = {
     "handrolled": "hand-rolled limit (1 raw HTTP/1.1 conn/partition)",
     "sidecar-partition": "ktp sidecar, partition order",
     "sidecar-key": "ktp sidecar, key order, {n} in flight",
+    "sidecar-bulk": "ktp sidecar, bulks of {b}, partition order",
 }
 
 
@@ -94,6 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"records per decision-cost pass (default {FULL['decision_records']:,})")
     parser.add_argument("--repeat", type=int, help="throughput runs per contender, best kept (default 2)")
     parser.add_argument("--max-in-flight", type=int, default=64, help="sidecar's --max-in-flight in key order")
+    parser.add_argument("--bulk-max-records", type=int, default=64,
+                        help="sidecar's --bulk-max-records in the bulk section (default 64, the most)")
     parser.add_argument("--keys", type=int, default=1024, help="distinct record keys (key ordering)")
     parser.add_argument("--session-timeout", type=float, default=3.0,
                         help="consumer group session timeout, seconds, for every contender")
@@ -128,6 +131,7 @@ class Bench:
             "skip", "deliver", "latency-sidecar-default", "latency-handrolled-default",
             "latency-sidecar-prompt", "latency-handrolled-prompt", "latency-raw-default",
             "latency-sidecar-kafka-default", "latency-sidecar-kafka-prompt",
+            "latency-sidecar-bulk-default", "latency-sidecar-bulk-prompt", "latency-sidecar-bulk-nowait-prompt",
         )}
         tenants = [workload.tenant_name(i) for i in range(workload.TENANTS_IN_TRAFFIC)]
         # Baseline pods: skip when every tenant sends our service to a sandbox; deliver when the
@@ -153,7 +157,7 @@ class Bench:
                                               workload.OTHER_SERVICE, workload.SANDBOX)
             self.log(f"wrote {len(self.tenants)} routes to {self.routes_topic}")
         for name, count in (("skip", a.skip_records), ("deliver", a.deliver_records)):
-            if name not in a.only:
+            if name not in a.only and not (name == "deliver" and "bulk" in a.only):
                 continue
             started = time.monotonic()
             await workload.produce_bulk(self.bootstrap_servers, self.topics[name], count, keys=a.keys)
@@ -264,8 +268,8 @@ class Bench:
         return 60 + records / rate
 
     async def run_sidecar(self, name: str, profile: Path | None = None) -> Throughput:
-        """``name``: ``sidecar-skip``, ``sidecar-partition`` or ``sidecar-key``, with ``-traced``
-        for a run with tracing on."""
+        """``name``: ``sidecar-skip``, ``sidecar-partition``, ``sidecar-key`` or ``sidecar-bulk``
+        (partition order, ``--bulk-max-records``), with ``-traced`` for a run with tracing on."""
         a = self.args
         tracing = name.endswith("-traced")
         name = name.removesuffix("-traced")
@@ -275,6 +279,8 @@ class Bench:
         options: dict[str, Any] = {}
         if name == "sidecar-key":
             options.update(ordering="key", max_in_flight=a.max_in_flight)
+        if name == "sidecar-bulk":
+            options.update(bulk_max_records=a.bulk_max_records)
         port = free_port()
         async with App(expect=records) as app:
             sidecar = self.sidecar(topic, app, f"file:{self.routes_deliver if deliver else self.routes_skip}",
@@ -290,7 +296,7 @@ class Bench:
                 peak = sidecar.peak_rss_mb()
                 if profiler:
                     await profiler.stop()
-        label = LABELS[name].format(n=a.max_in_flight) + (", tracing on" if tracing else "")
+        label = LABELS[name].format(n=a.max_in_flight, b=a.bulk_max_records) + (", tracing on" if tracing else "")
         return Throughput(label, records, done - start.t, cpu, peak, start.rss_mb)
 
     async def run_loop(self, kind: str) -> Throughput:
@@ -317,7 +323,9 @@ class Bench:
 
     async def run_latency(self, kind: str, fetch_wait_ms: int | None) -> Latency:
         """``kind`` (``handrolled``, ``sidecar`` with ``file:`` routes or ``sidecar-kafka`` with
-        ``kafka:`` routes, both delivering everything) at the fixed rate on a fresh topic;
+        ``kafka:`` routes, both delivering everything; ``sidecar-bulk`` and ``sidecar-bulk-nowait``:
+        ``file:`` routes, bulk delivery with the default ``--bulk-max-wait`` and with 0) at the fixed
+        rate on a fresh topic;
         ``fetch_wait_ms`` None keeps the consumer's default (what the ``ktp sidecar`` CLI runs
         with)."""
         a = self.args
@@ -330,8 +338,13 @@ class Bench:
         async with App(expect=count, latency=True) as app:
             if kind.startswith("sidecar"):
                 routes = f"kafka:{self.routes_topic}" if kind == "sidecar-kafka" else f"file:{self.routes_deliver}"
+                bulk: dict[str, Any] = {}
+                if kind.startswith("sidecar-bulk"):
+                    bulk["bulk_max_records"] = a.bulk_max_records
+                if kind == "sidecar-bulk-nowait":
+                    bulk["bulk_max_wait"] = 0
                 child = self.sidecar(topic, app, routes, trace=trace, fetch_wait_ms=fetch_wait_ms,
-                                     admin_port=admin_port)
+                                     admin_port=admin_port, **bulk)
             else:
                 child = self.loop("handrolled", topic, count, app, trace=trace, fetch_wait_ms=fetch_wait_ms)
             async with child:
@@ -376,6 +389,8 @@ class Bench:
                                  percentile(held, 0.99), held[-1] if held else float("nan"))
         label = {"sidecar": "ktp sidecar, partition order",
                  "sidecar-kafka": "ktp sidecar, kafka: routes (default source)",
+                 "sidecar-bulk": f"ktp sidecar, bulks of {a.bulk_max_records}",
+                 "sidecar-bulk-nowait": f"ktp sidecar, bulks of {a.bulk_max_records}, --bulk-max-wait 0",
                  "handrolled": "hand-rolled loop"}[kind]
         return Latency(
             label, rate, fetch_wait_ms or DEFAULT_FETCH_WAIT_MS, len(added), percentile(added, 0.50), percentile(added, 0.99), added[-1],
@@ -437,6 +452,11 @@ class Bench:
                     ("sidecar-partition", lambda: self.run_sidecar("sidecar-partition")),
                     ("sidecar-key", lambda: self.run_sidecar("sidecar-key")),
                 ]
+            if "bulk" in a.only:
+                # Bulk against single delivery of the same records in the same run.
+                if "deliver" not in a.only:
+                    order += [("sidecar-partition", lambda: self.run_sidecar("sidecar-partition"))]
+                order += [("sidecar-bulk", lambda: self.run_sidecar("sidecar-bulk"))]
             if a.tracing:
                 order += [(f"{name}-traced", functools.partial(self.run_sidecar, f"{name}-traced"))
                           for name, section in (("sidecar-skip", "skip"), ("sidecar-partition", "deliver"))
@@ -451,9 +471,14 @@ class Bench:
                     best = results.throughput.get(name)
                     if best is None or measured.rate > best.rate:
                         results.throughput[name] = measured
-            for fetch_wait_ms in (PROMPT_FETCH_WAIT_MS, None) if "latency" in a.only else ():
+            kinds = ("handrolled", "sidecar", "sidecar-kafka") if "latency" in a.only else ()
+            if "bulk" in a.only:
+                kinds = (*kinds, *(() if "latency" in a.only else ("sidecar",)), "sidecar-bulk", "sidecar-bulk-nowait")
+            for fetch_wait_ms in (PROMPT_FETCH_WAIT_MS, None) if kinds else ():
                 mode = "default" if fetch_wait_ms is None else "prompt"
-                for kind in ("handrolled", "sidecar", "sidecar-kafka"):
+                for kind in kinds:
+                    if kind == "sidecar-bulk-nowait" and mode == "default":
+                        continue  # the no-wait variant is a latency floor: judged with prompt fetches
                     latency = await self.run_latency(kind, fetch_wait_ms)
                     results.latency[f"{kind}-{mode}"] = latency
                     c = latency.catch_ups
@@ -472,7 +497,8 @@ class Bench:
                 self.log(f"consuming alone at {floor.rate:,.0f} rec/s (raw loop): {floor.vcpu:.3f} vCPU")
             if a.profile:
                 profiled = [name for name, section in (("sidecar-skip", "skip"), ("sidecar-partition", "deliver"),
-                                                       ("sidecar-key", "deliver")) if section in a.only]
+                                                       ("sidecar-key", "deliver"), ("sidecar-bulk", "bulk"))
+                            if section in a.only]
                 if a.tracing:
                     profiled += [f"{name}-traced" for name in profiled if name != "sidecar-key"]
                 for name in profiled:
@@ -537,6 +563,7 @@ async def amain(args: argparse.Namespace) -> int:
         "deliver_records": args.deliver_records, "naive_records": args.naive_records,
         "latency_rate": args.latency_rate, "latency_seconds": args.latency_seconds,
         "max_in_flight_key_order": args.max_in_flight, "keys": args.keys,
+        "bulk_max_records": args.bulk_max_records,
         "session_timeout": args.session_timeout,
     }
     written = [args.results / f"bench-{stamp}.csv"]

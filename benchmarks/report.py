@@ -295,6 +295,41 @@ def _latency_rows(latency: dict[str, Latency]) -> list[Row]:
     return rows
 
 
+def _bulk_rows(t: dict[str, Throughput], latency: dict[str, Latency]) -> list[Row]:
+    """Bulk delivery against single delivery (both ``ktp sidecar`` in partition order, same
+    records, same run): throughput, CPU per record (the target), latency and vCPU at the fixed
+    rate. Bulks wait up to ``--bulk-max-wait`` to fill, which the latency rows show."""
+    rows: list[Row] = []
+    bulk, single = t.get("sidecar-bulk"), t.get("sidecar-partition")
+    if bulk:
+        rows.append(Row("bulk", bulk.label, bulk.rate, "rec/s", _rate(bulk.rate),
+                        bulk.rate / single.rate if single else None, "single delivery" if single else "",
+                        records=bulk.records))
+        rows.append(Row(
+            "bulk", "  same, CPU per record", bulk.cpu_us, "us/record", f"{bulk.cpu_us:.1f} us/record",
+            bulk.cpu_us / single.cpu_us if single else None,
+            f"of single delivery {single.cpu_us:.1f}" if single else "",
+            Target("<= 0.25x", 0.25, False, on_ratio=True), bulk.records,
+        ))
+    for mode in ("prompt", "default"):
+        base = latency.get(f"sidecar-{mode}")
+        for name in ("sidecar-bulk", "sidecar-bulk-nowait"):
+            run = latency.get(f"{name}-{mode}")
+            if run is None:
+                continue
+            rows.append(Row(
+                "bulk", f"{run.label} at {run.rate:,.0f} rec/s, fetch wait {run.fetch_wait_ms} ms", run.added_p99,
+                "ms p99", _latency_shown(run), run.added_p99 / base.added_p99 if base else None,
+                f"fetch->app p99 of single ({run.added_p99 - base.added_p99:+.2f} ms)" if base else "",
+                records=run.count,
+            ))
+            rows.append(Row(
+                "bulk", "  same, vCPU", run.vcpu, "vCPU", _vcpu_shown(run),
+                run.vcpu / base.vcpu if base and base.vcpu else None, f"of single {base.vcpu:.3f}" if base else "",
+            ))
+    return rows
+
+
 def _latency_shown(run: Latency) -> str:
     return f"fetch->app {run.added_p50:.2f} / {run.added_p99:.2f}; ts->app {run.e2e_p50:.1f} / {run.e2e_p99:.1f} ms"
 
@@ -326,6 +361,7 @@ def build_rows(results: Results) -> list[Row]:
         *_throughput_rows(results.throughput),
         *_resource_rows(results.throughput),
         *_latency_rows(results.latency),
+        *_bulk_rows(results.throughput, results.latency),
         *_decision_rows(results.decisions),
     ]
 
@@ -456,6 +492,7 @@ def write_chart(path: Path, results: Results, title: str) -> None:
     deliver = [(n, t[k]) for k, n in (("naive", "naive\n(httpx)"), ("handrolled", "hand-rolled\nlimit"),
                                        ("sidecar-partition", "sidecar\npartition"),
                                        ("sidecar-key", "sidecar\nkey"),
+                                       ("sidecar-bulk", "sidecar\nbulk"),
                                        ("sidecar-partition-traced", "sidecar partition\ntracing on")) if k in t]
     if deliver:
         bars(axes[0][1], [n for n, _ in deliver], [r.rate for _, r in deliver],
@@ -464,6 +501,7 @@ def write_chart(path: Path, results: Results, title: str) -> None:
     cpu = [(n, t[k]) for k, n in (("raw", "raw loop\n(skip)"), ("sidecar-skip", "sidecar\nskip"),
                                    ("handrolled", "hand-rolled\n(deliver)"),
                                    ("sidecar-partition", "sidecar\npartition"), ("sidecar-key", "sidecar\nkey"),
+                                   ("sidecar-bulk", "sidecar\nbulk"),
                                    ("sidecar-skip-traced", "skip\ntracing on"),
                                    ("sidecar-partition-traced", "partition\ntracing on"))
            if k in t]

@@ -100,7 +100,7 @@ class TopicCounters:
     """The per-record counters of one topic: label children looked up once (``labels()``
     validates and locks on every call) and buffered (see the module doc)."""
 
-    __slots__ = ("_attempts", "_metrics", "_skipped", "consumed", "delivered", "topic")
+    __slots__ = ("_attempts", "_metrics", "_skipped", "attempts_ok", "consumed", "delivered", "topic")
 
     def __init__(self, metrics: Metrics, topic: str) -> None:
         self._metrics = metrics
@@ -109,6 +109,8 @@ class TopicCounters:
         self.delivered = metrics.buffered(metrics.records_delivered.labels(topic))
         self._skipped: dict[str, BufferedCounter] = {}
         self._attempts: dict[str, BufferedCounter] = {}
+        # attempts("ok"), the outcome of nearly every attempt, looked up once.
+        self.attempts_ok = self.attempts("ok")
 
     def __repr__(self) -> str:
         return f"TopicCounters(topic={self.topic!r})"
@@ -184,6 +186,22 @@ class Metrics:
             "1 while records wait and the partition's commit position has not moved for "
             "--stall-timeout seconds (see /readyz detail), else 0.",
             ["topic", "partition"],
+            registry=r,
+        )
+        self.bulk_requests = Counter(
+            PREFIX + "bulk_requests",
+            "Bulk POSTs to the app (--bulk-max-records), by outcome (ok, partial, malformed_answer, "
+            "http_<status>, timeout, ...).",
+            ["topic", "outcome"],
+            registry=r,
+        )
+        self.bulk_entries = Counter(
+            PREFIX + "bulk_entries", "Entries sent in bulk POSTs, resent ones included.", ["topic"], registry=r
+        )
+        self.bulk_unknown_entries = Counter(
+            PREFIX + "bulk_unknown_entries",
+            "Entry ids in the app's bulk answers that were not in the bulk (ignored).",
+            ["topic"],
             registry=r,
         )
         self.commits = Counter(PREFIX + "commits", "Offset commits, by result.", ["result"], registry=r)

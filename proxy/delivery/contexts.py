@@ -83,12 +83,19 @@ class DeliveryContexts:
 
     def open_headers(self, headers: Mapping[str, str], names: Iterable[str]) -> str:
         """Register a delivery whose context is the ``names`` that ``headers`` has."""
+        # Called for every delivery: _shared and _store are written out here.
         flat: list[str] = []
+        shared = self._baggage
         for name in names:
             value = headers.get(name)
             if value is not None:
-                flat += (name, self._shared(value) if name == SHARED_FIELD else value)
-        return self._store(tuple(flat))
+                if name == SHARED_FIELD:
+                    value = shared.get(value) or self._shared(value)
+                flat += (name, value)
+        self._counter = counter = self._counter + 1
+        delivery_id = f"{self._prefix}{counter}"
+        self._open[delivery_id] = (counter, tuple(flat))
+        return delivery_id
 
     def _shared(self, value: str) -> str:
         shared = self._baggage.get(value)
@@ -113,7 +120,9 @@ class DeliveryContexts:
         if self.grace <= 0 or self.max_finished <= 0:
             return
         now = self._clock()
-        self._prune(now)
+        closed_at = self._closed_at
+        if closed_at and closed_at[0] < now - self.grace:
+            self._prune(now)
         self._finished[number] = flat
         self._order.append(number)
         self._closed_at.append(now)

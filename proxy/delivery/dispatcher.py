@@ -7,6 +7,10 @@ At most ``max_in_flight`` deliveries run at once. A record is done when the app 
 said DROP, it was dead-lettered, or dead letters are off and it was logged and counted; only then
 does its partition's commit watermark move past it. A revoked partition's lanes stop after the
 record in flight, and nothing after the watermark is committed.
+
+With bulk delivery on (``bulk``, :mod:`proxy.delivery.bulk_lane`) a lane sends up to
+``--bulk-max-records`` of its records per POST instead; the dispatcher is its
+:class:`~proxy.delivery.bulk_lane.LaneHost` (slots, watermarks, retry pauses, dead letters).
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from typing import TypeAlias
 
 from aiokafka.structs import ConsumerRecord
 
+from proxy.delivery.bulk_lane import BulkDelivery
 from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.headers import build_headers
 from proxy.logthrottle import LogThrottle, held_back
 from proxy.delivery.envelope import DeliveryEnvelope, DeliveryScope
 from proxy.delivery.ordering import ORDERINGS
-from proxy.delivery.policy import Outcome, RetryPolicy, Verdict, classify, parse_retry_after
+from proxy.delivery.policy import OK, Outcome, RetryPolicy, Verdict, classify, parse_retry_after
 from proxy.delivery.ports import Health, Pauser, Upstream
 from proxy.errors import AppUnavailable
 from proxy.listener.partitions import PartitionState, Partitions
@@ -78,6 +83,9 @@ class _Lane:
     state: PartitionState
     queue: deque[Record] = field(default_factory=deque)
     task: asyncio.Task[None] | None = None
+    # Bulk delivery: resolved by submit() once the queue holds fill_to records.
+    filled: asyncio.Future[None] | None = None
+    fill_to: int = 0
 
 
 class Dispatcher:
@@ -99,6 +107,7 @@ class Dispatcher:
         max_record_bytes: int = 1024 * 1024,
         envelope: DeliveryEnvelope | None = None,
         partitions: Partitions | None = None,
+        bulk: BulkDelivery | None = None,
     ) -> None:
         self.upstream = upstream
         self.health = health
@@ -115,6 +124,7 @@ class Dispatcher:
         self._lane_key = ORDERINGS[ordering]
         self.max_record_bytes = max_record_bytes
         self.envelope = envelope
+        self.bulk = bulk
         self.max_in_flight = max_in_flight
         # Free delivery slots, and lanes waiting for one (a semaphore's acquire is a coroutine
         # call per delivery even when a slot is free).
@@ -148,6 +158,9 @@ class Dispatcher:
             self._idle.clear()
         else:
             lane.queue.append(record)
+            filled = lane.filled
+            if filled is not None and len(lane.queue) >= lane.fill_to and not filled.done():
+                filled.set_result(None)
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every queued record is done; False if ``timeout`` ran out first."""
@@ -201,7 +214,12 @@ class Dispatcher:
         state = lane.state
         queue = lane.queue
         done_with = self.partitions.done
+        # A lane's records are of one partition, so of one topic.
+        counters = self.metrics.topic(state.tp.topic)
         try:
+            if self.bulk is not None:
+                await self.bulk.run(self, lane)
+                return
             while queue and not state.revoked:
                 record = queue[0]
                 if self._free:
@@ -210,10 +228,13 @@ class Dispatcher:
                     await self._slot()
                 self._in_flight += 1
                 try:
-                    done = await self._deliver(state, record)
+                    done = await self._deliver(state, record, counters)
                 finally:
                     self._in_flight -= 1
-                    self._release_slot()
+                    if self._slot_waiters:
+                        self._release_slot()
+                    else:
+                        self._free += 1  # _release_slot when nobody waits
                 if not done:
                     break
                 queue.popleft()
@@ -224,14 +245,14 @@ class Dispatcher:
             if not self._lanes:
                 self._idle.set()
 
-    async def _deliver(self, state: PartitionState, record: Record) -> bool:
-        """Deliver one record until it is done (True) or its partition is revoked (False)."""
+    async def _deliver(self, state: PartitionState, record: Record, counters: TopicCounters) -> bool:
+        """Deliver one record until it is done (True) or its partition is revoked (False);
+        ``counters`` are its topic's."""
         topic = record.topic
-        counters = self.metrics.topic(topic)
         value = record.value
         if value is not None and len(value) > self.max_record_bytes:
             return await self._finish_undelivered(state, record, "value_too_large", 0, None)
-        headers, scope = self._request_headers(record)
+        headers, scope = self._request_headers(record, self.envelope)
         body = value or b""
         attempts = 0
         status: int | None = None
@@ -247,6 +268,10 @@ class Dispatcher:
                 if answered is not None:
                     status = answered
                 attempts += 1
+                if verdict is OK:  # nearly every attempt: its counters without a look-up
+                    counters.attempts_ok.inc()
+                    counters.delivered.inc()
+                    return True
                 counters.attempts(verdict.reason).inc()
                 if verdict.outcome is Outcome.DONE:
                     counters.delivered.inc()
@@ -275,9 +300,11 @@ class Dispatcher:
                 if state.retrying == 0:
                     self.listener.resume((state.tp,), "retrying")
 
-    def _request_headers(self, record: Record) -> tuple[dict[str, str], DeliveryScope | None]:
-        """The delivery request's headers for ``record``, and its envelope scope (ended by the
-        caller). Record headers that cannot be sent are counted and logged here."""
+    def _request_headers(
+        self, record: Record, envelope: DeliveryEnvelope | None
+    ) -> tuple[dict[str, str], DeliveryScope | None]:
+        """The delivery request's headers for ``record``, and its ``envelope`` scope (ended by
+        the caller). Record headers that cannot be sent are counted and logged here."""
         topic = record.topic
         notes: list[str] = []
         headers, rejected = build_headers(
@@ -295,7 +322,7 @@ class Dispatcher:
             # A tombstone: forwarded with an empty body, marked so the app can tell it from b"".
             headers["kafka-tombstone"] = "true"
         # Format headers, trace context in OTEL_PROPAGATORS' formats, ktp-delivery (envelope.py).
-        scope = self.envelope.begin(record, headers, rejected) if self.envelope is not None else None
+        scope = envelope.begin(record, headers, rejected) if envelope is not None else None
         for note in notes:
             self._reserialized.warning("record %s[%d]@%d: baggage %s", topic, record.partition, record.offset, note)
         for name in rejected:
@@ -340,6 +367,48 @@ class Dispatcher:
                 "If the app serves one connection at a time, set --app-max-concurrency%s",
                 record.topic, record.partition, record.offset, attempt, exc, held_back(held),
             )
+
+    # -- LaneHost (proxy.delivery.bulk_lane) ----------------------------------------------------
+
+    def request_headers(
+        self, record: Record, envelope: DeliveryEnvelope | None
+    ) -> tuple[dict[str, str], DeliveryScope | None]:
+        """A bulk entry's metadata: the headers a single delivery of ``record`` would carry."""
+        return self._request_headers(record, envelope)
+
+    async def acquire_slot(self, deliveries: int) -> None:
+        """Take a delivery slot for a bulk of ``deliveries`` records."""
+        if self._free:
+            self._free -= 1
+        else:
+            await self._slot()
+        self._in_flight += deliveries
+
+    def release_slot(self, deliveries: int) -> None:
+        """Give back a bulk's slot."""
+        self._in_flight -= deliveries
+        self._release_slot()
+
+    def record_done(self, state: PartitionState, offset: int) -> None:
+        """A record of a bulk is done."""
+        self.partitions.done(state, offset)
+
+    def retry_started(self, state: PartitionState) -> None:
+        """A bulk of ``state``'s waits to retry: the partition is paused, as for single deliveries."""
+        state.retrying += 1
+        if state.retrying == 1:
+            self.listener.pause((state.tp,), "retrying")
+
+    def retry_ended(self, state: PartitionState) -> None:
+        state.retrying -= 1
+        if state.retrying == 0:
+            self.listener.resume((state.tp,), "retrying")
+
+    async def finish_undelivered(
+        self, state: PartitionState, record: Record, reason: str, attempts: int, status: int | None
+    ) -> bool:
+        """Dead-letter ``record`` (or drop it when dead letters are off); True: it is done."""
+        return await self._finish_undelivered(state, record, reason, attempts, status)
 
     async def _finish_undelivered(
         self, state: PartitionState, record: Record, reason: str, attempts: int, status: int | None

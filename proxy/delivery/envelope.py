@@ -93,7 +93,8 @@ class DeliveryEnvelope:
         span = None
         if self.tracing.enabled:
             span = self.tracing.start_process(record, headers)
-        elif propagation.written and not propagation.has_written_format(headers):
+        elif propagation.written and propagation.written_fields.isdisjoint(headers):
+            # (not propagation.has_written_format(headers), without the call)
             # Only the formats on the allowlist were copied: look at the record for others.
             carrier = record_carrier(record.headers, propagation.trace_fields)
             if propagation.translate(carrier):

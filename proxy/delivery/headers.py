@@ -142,6 +142,19 @@ _BAGGAGE: dict[tuple[bytes, str], Forwarded] = {}
 _BAGGAGE_MAX = 1024
 
 
+# Record content-type value -> the content-type sent for it, or None when it is not a safe media
+# type. Producers use a handful of values: each is checked once. Bounded, as _COPYABLE is.
+_CONTENT_TYPES: dict[bytes, str | None] = {}
+
+
+def _content_type(value: bytes) -> str | None:
+    text = value.decode("ascii", "replace")
+    sent = text if valid_field_value(value) and _MEDIA_TYPE.fullmatch(text) else None
+    if len(_CONTENT_TYPES) < _COPYABLE_MAX:
+        _CONTENT_TYPES[bytes(value)] = sent
+    return sent
+
+
 def forwarded_baggage(raw: bytes, tenant_key: str) -> Forwarded:
     """:func:`proxy.routing.baggage.for_delivery`, cached."""
     entry = _BAGGAGE.get((raw, tenant_key))
@@ -193,9 +206,11 @@ def build_headers(
             continue  # first occurrence wins, as for the propagators
         if lowered == "content-type":
             seen.add(lowered)
-            text = value.decode("ascii", "replace") if value is not None else ""
-            if value is not None and valid_field_value(value) and _MEDIA_TYPE.fullmatch(text):
-                headers["content-type"] = text
+            media_type = None if value is None else _CONTENT_TYPES.get(value, _UNKNOWN)
+            if media_type == _UNKNOWN:
+                media_type = _content_type(value)
+            if media_type is not None:
+                headers["content-type"] = media_type
             else:
                 rejected.append(lowered)
         elif lowered in forwarded:

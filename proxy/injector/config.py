@@ -114,6 +114,13 @@ INJECTOR_OPTIONS = (
         parse=parse_positive_int,
     ),
     Option(
+        "bulk-max-records",
+        "bulk delivery (--bulk-max-records) given to every sidecar, 0 for off; a pod's "
+        "kafka-tenant-proxy.io/bulk-max-records annotation may override it",
+        0,
+        parse=int,
+    ),
+    Option(
         "routes-token-secret",
         "Secret holding the route service's read token, NAME or NAME/KEY (key default: token), "
         "mounted into every sidecar for --routes http(s)://; it must exist in every namespace "
@@ -230,6 +237,7 @@ class InjectorConfig:
             kafka_client_cert_secret=values["kafka_client_cert_secret"],
             routes=values["routes"],
             app_max_concurrency=values["app_max_concurrency"],
+            bulk_max_records=values["bulk_max_records"],
             routes_token_secret=refs[2],
             native_sidecar=values["native_sidecar"],
             probes=values["probes"],

@@ -74,6 +74,7 @@ from decimal import Decimal
 from typing import Any
 
 from proxy.config import Option, resolve
+from proxy.delivery.bulk import MAX_BULK_RECORDS
 from proxy.errors import ConfigError, RouteError
 from proxy.kafka import KAFKA_OPTIONS
 from proxy.routes.table import check_name
@@ -300,6 +301,8 @@ class SidecarTemplate:
     routes: str = "kafka:"
     # --app-max-concurrency of every sidecar (None: the sidecar's default); a pod's annotation wins.
     app_max_concurrency: int | None = None
+    # Bulk delivery for every sidecar unless a pod's annotation says otherwise (0: off).
+    bulk_max_records: int = 0
     native_sidecar: bool = True
     probes: str = "http"
     readiness_path: str = "/healthz"
@@ -324,6 +327,8 @@ class SidecarTemplate:
             problems.append("--bootstrap-servers is empty")
         if self.probes not in PROBE_MODES:
             problems.append(f"--probes must be one of {', '.join(PROBE_MODES)}")
+        if not 0 <= self.bulk_max_records <= MAX_BULK_RECORDS:
+            problems.append(f"--bulk-max-records must be 0 (off) to {MAX_BULK_RECORDS}")
         if self.image_pull_policy not in PULL_POLICIES:
             problems.append(
                 f"--sidecar-image-pull-policy must be one of {', '.join(PULL_POLICIES)}"
@@ -349,6 +354,8 @@ class SidecarTemplate:
         }
         if self.app_max_concurrency is not None:
             env["app-max-concurrency"] = str(self.app_max_concurrency)
+        if self.bulk_max_records:
+            env["bulk-max-records"] = str(self.bulk_max_records)
         if self.security_protocol.startswith("SASL"):
             env["sasl-mechanism"] = self.sasl_mechanism
         if self.sasl_username is not None:

@@ -17,6 +17,7 @@ from proxy.config import (
     parse_positive_float,
     parse_positive_int,
 )
+from proxy.delivery.bulk import DEFAULT_BULK_MAX_WAIT, MAX_BULK_RECORDS
 from proxy.delivery.headers import check_forward_headers
 from proxy.delivery.formats import FORMATS
 from proxy.delivery.ordering import ORDERINGS
@@ -90,6 +91,19 @@ SIDECAR_OPTIONS = (
         "most requests, and connections, the app is sent at once (Dapr's app-max-concurrency; "
         "default: --max-in-flight). 1 for an app that serves one connection at a time",
         parse=parse_positive_int,
+    ),
+    Option(
+        "bulk-max-records",
+        f"bulk delivery: up to this many records of a lane in one POST, in Dapr's bulk-subscribe "
+        f"shape (0: off, one record per POST; at most {MAX_BULK_RECORDS})",
+        0,
+        parse=lambda raw: _bulk_max_records(int(raw)),
+    ),
+    Option(
+        "bulk-max-wait",
+        "bulk delivery: seconds a lane waits for --bulk-max-records records before it sends fewer",
+        DEFAULT_BULK_MAX_WAIT,
+        parse=lambda raw: _non_negative(float(raw)),
     ),
     Option("max-attempts", "attempts before a retriable failure is dead-lettered", DEFAULT_MAX_ATTEMPTS, parse=parse_positive_int),
     Option("backoff-initial", "first retry delay, seconds", DEFAULT_BACKOFF_INITIAL, parse=parse_positive_float),
@@ -185,6 +199,8 @@ class SidecarConfig:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     app_max_concurrency: int | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    bulk_max_records: int = 0
+    bulk_max_wait: float = DEFAULT_BULK_MAX_WAIT
     backoff_initial: float = DEFAULT_BACKOFF_INITIAL
     backoff_max: float = DEFAULT_BACKOFF_MAX
     dead_letter_topic: str | None = None
@@ -250,6 +266,11 @@ class SidecarConfig:
         check("--forward-headers", lambda: check_forward_headers(self.forward_headers))
         if self.format not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
+        check("--bulk-max-records", lambda: _bulk_max_records(self.bulk_max_records))
+        check("--bulk-max-wait", lambda: _non_negative(self.bulk_max_wait))
+        if self.bulk_max_records and self.ordering == "none":
+            # Each record is its own lane there: every bulk would hold one record and wait for more.
+            raise ConfigError("--bulk-max-records bundles a lane's records: use --ordering partition or key")
         check("--publish-headers", lambda: check_publish_headers(self.publish_headers))
         if self.default_tenant is not None:
             if self.sandbox is None:
@@ -326,6 +347,19 @@ def static_instance_id(given: str | None, environ: Mapping[str, str]) -> str | N
     if given == "none":
         return None
     return given or environ.get("POD_NAME") or None
+
+
+def _bulk_max_records(value: int) -> int:
+    if not 0 <= value <= MAX_BULK_RECORDS:
+        # The app's answer names every entry and the first 4 KiB of it are read (bulk.py).
+        raise ValueError(f"must be 0 (off) to {MAX_BULK_RECORDS}, got {value}")
+    return value
+
+
+def _non_negative(value: float) -> float:
+    if not value >= 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
 
 
 def _checked(flag: str, check: Any) -> None:

@@ -24,8 +24,10 @@ from opentelemetry.trace import TracerProvider
 from proxy.admin.decisions import RecentDecisions
 from proxy.admin.server import HttpServer, admin_routes, metrics_routes
 from proxy.backoff import Backoff, retry_connect
+from proxy.delivery.bulk_lane import BulkDelivery
 from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.dispatcher import Dispatcher
+from proxy.delivery.envelope import DeliveryEnvelope
 from proxy.delivery.headers import forwarded_header_names
 from proxy.delivery.policy import RetryPolicy
 from proxy.kafka import client_ssl_context
@@ -43,7 +45,7 @@ from proxy.routing.tenant import BAGGAGE_HEADER, TenantExtractor
 from proxy.sidecar.config import SidecarConfig
 from proxy.sidecar.readiness import Readiness
 from proxy.sidecar.gauges import PartitionGauges
-from proxy.sidecar.context_parts import build_context_parts
+from proxy.sidecar.context_parts import ContextParts, build_context_parts
 from proxy.sidecar.routes_gate import ROUTES_BEHIND, RoutesGate
 from proxy.upstream.health import AppHealth
 from proxy.upstream.http import HttpUpstream
@@ -113,6 +115,31 @@ def retry_policy(config: SidecarConfig) -> RetryPolicy:
     return RetryPolicy(max_attempts=config.max_attempts, initial=config.backoff_initial, maximum=config.backoff_max)
 
 
+def bulk_delivery(
+    config: SidecarConfig,
+    upstream: HttpUpstream,
+    health: AppHealth,
+    metrics: Metrics,
+    parts: ContextParts,
+) -> BulkDelivery | None:
+    """The lanes' bulk delivery when ``--bulk-max-records`` is set, else None."""
+    if not config.bulk_max_records:
+        return None
+    return BulkDelivery(
+        max_records=config.bulk_max_records,
+        max_wait=config.bulk_max_wait,
+        upstream=upstream,
+        health=health,
+        policy=retry_policy(config),
+        metrics=metrics,
+        max_record_bytes=config.max_record_bytes,
+        # Entries carry their CloudEvents attributes in the event, not in the metadata.
+        envelope=DeliveryEnvelope(contexts=parts.contexts, tracing=parts.tracing, service=config.service),
+        cloudevents_format=config.format == "cloudevents",
+        service=config.service,
+    )
+
+
 class Sidecar:
     """One sidecar: a consumer group member that forwards its pod's records to the app."""
 
@@ -165,6 +192,7 @@ class Sidecar:
             self.metrics.track_route_catch_ups(self.routes_gate.source.catch_ups)
         # Publish endpoint, ktp-delivery contexts, CloudEvents, propagators, spans.
         self.context_parts = build_context_parts(config, self.metrics, tracer_provider=tracer_provider)
+        self.bulk = bulk_delivery(config, self.upstream, self.health, self.metrics, self.context_parts)
         self.dispatcher = Dispatcher(
             upstream=self.upstream,
             health=self.health,
@@ -179,6 +207,7 @@ class Sidecar:
             max_record_bytes=config.max_record_bytes,
             envelope=self.context_parts.delivery,
             partitions=self.partitions,
+            bulk=self.bulk,
         )
         self.admin = HttpServer(
             config.admin_addr,

@@ -70,7 +70,8 @@ class AppConnection(asyncio.Protocol):
         """Write one request and return the future of its answer, failed with
         :class:`TimeoutError` at ``deadline`` (loop time), :class:`ConnectionClosed` or
         :class:`ProtocolError`. Only on a :attr:`usable` connection."""
-        assert self._transport is not None and self.usable
+        # usable, spelled out (a property call per delivery otherwise)
+        assert self._transport is not None and self.reusable and not self.closed and self._waiter is None
         waiter: asyncio.Future[Response] = self._loop.create_future()
         self._waiter = waiter
         self._deadline = deadline

@@ -157,9 +157,15 @@ class HttpUpstream:
         head = self._encode(headers, len(body))
         now = loop.time()
         deadline = now + self.timeout
-        connection = self._take_idle(now)
-        if connection is None:
-            connection = await self._acquire(loop, deadline)
+        idle = self._idle
+        # The usual case, written out: the last connection released is open, reusable and fresh.
+        connection = idle.pop() if idle else None
+        if connection is None or not connection.usable or now - connection.idle_since >= KEEPALIVE_IDLE:
+            if connection is not None:
+                self._discard(connection)
+            connection = self._take_idle(now)
+            if connection is None:
+                connection = await self._acquire(loop, deadline)
         waiter = connection.send(head, body, deadline)
         try:
             response = await waiter
@@ -174,7 +180,14 @@ class HttpUpstream:
             connection.abort()
             self._discard(connection)
             raise
-        self._release(loop.time(), connection)
+        if connection.usable and not self._waiters:
+            # The usual case of _release, written out: nobody waits, back to the idle pool.
+            connection.idle_since = now = loop.time()
+            idle.append(connection)
+            if idle[0].idle_since < now - KEEPALIVE_IDLE:
+                self._release_stale(now)
+        else:
+            self._release(loop.time(), connection)
         headers_in = response.headers
         content_type = headers_in.get("content-type", "")
         return AppAnswer(
@@ -294,9 +307,12 @@ class HttpUpstream:
                 waiter.set_result(connection)
                 return
         connection.idle_since = now
-        idle = self._idle
-        idle.append(connection)
+        self._idle.append(connection)
+        self._release_stale(now)
+
+    def _release_stale(self, now: float) -> None:
         # The oldest idle connections sit at the left (reuse is LIFO): close the stale ones.
+        idle = self._idle
         while idle[0].idle_since < now - KEEPALIVE_IDLE:
             self._discard(idle.popleft())
 

@@ -14,7 +14,6 @@ from aiokafka import AIOKafkaProducer
 
 from proxy.kafka import KafkaConnection
 from proxy.routes.client import RouteServiceClient, wait_seconds
-from proxy.routeservice.server import RouteService, RouteServiceConfig
 from proxy.routes.lead import CATCH_UP_AHEAD_OF_CLOCK, CATCH_UP_NO_LEAD
 from proxy.routes.records import encode_value
 from proxy.routes.catchup import now_ms
@@ -23,25 +22,9 @@ from proxy.routes.topic import ensure_routes_topic
 from proxy.sidecar.runtime import Sidecar
 from proxy.testing.app import RecordingApp
 from tests.conftest import baggage, eventually, sidecar_config
+from tests.integration.test_routes_e2e import route_service
 
-TOKEN = "lead-token"
 SERVICE = "orders-worker"
-
-
-@contextlib.asynccontextmanager
-async def route_service(bootstrap_servers: str, topic: str, tmp_path: Path) -> AsyncIterator[RouteServiceClient]:
-    token = tmp_path / "token"
-    token.write_text(TOKEN)
-    config = RouteServiceConfig(
-        kafka=KafkaConnection(bootstrap_servers=bootstrap_servers),
-        listen=("127.0.0.1", 0),
-        routes_topic=f"_ktp_routes-{topic}",
-        groups_topic=f"_ktp_sandbox_groups-{topic}",
-        token_file=str(token),
-        drain_timeout=1.0,
-    )
-    async with RouteService(config) as service, RouteServiceClient(service.url, token=TOKEN) as client:
-        yield client
 
 
 @contextlib.asynccontextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote_to_bytes
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from proxy.delivery.headers import (
@@ -88,6 +88,23 @@ def test_field_values_and_keys_match_their_definitions(raw: bytes) -> None:
     expected = all(0x20 <= b <= 0x7E or b == 0x09 for b in raw) and raw == raw.strip(b" \t")
     assert valid_field_value(raw) is expected
     assert encode_key(raw) == quote(raw, safe="")
+
+
+@settings(max_examples=1000)
+@given(st.binary(max_size=60) | st.sampled_from([b"application/json", b"text/plain; charset=utf-8", b"a/b\r\nx: 1"]))
+@example(b"text/plain; charset=utf-8 ")  # a media type, but not a field value (edge space)
+@example(b"text/plain\n;a=b")
+def test_content_type_is_sent_as_its_rule_says_the_first_time_and_the_next(raw: bytes) -> None:
+    """The content-type check is kept per value (headers._CONTENT_TYPES): the second record with
+    a value gets what the rule gives, as the first did."""
+    import re
+
+    text = raw.decode("ascii", "replace")
+    safe = valid_field_value(raw) and re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*;[\x20-\x7e\t]*)?", text)
+    for _ in range(2):
+        headers, rejected = build([("content-type", raw)])
+        assert headers["content-type"] == (text if safe else "application/octet-stream")
+        assert rejected == ([] if safe else ["content-type"])
 
 
 def _baggage(record_headers: list[tuple[str, bytes]]) -> tuple[str | None, list[str], list[str]]:

@@ -25,6 +25,9 @@ values = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size
 bodies = st.binary(max_size=3 * MAX_KEPT_BYTES) | st.just(b"") | st.just(b'{"status": "RETRY"}')
 
 
+OK_EMPTY = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+
+
 def feed_in_pieces(parser: ResponseParser, raw: bytes, cuts: list[int]) -> list[Response]:
     """Feed ``raw`` cut at ``cuts``; every answer completed along the way."""
     answers = []
@@ -119,6 +122,37 @@ def test_answers_on_one_connection_do_not_bleed_into_each_other(
         assert (answer.status, answer.body) == (status, body[:MAX_KEPT_BYTES])
         if not keep_alive:
             return  # the connection ends here
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(answers().map(lambda a: a[0]) | st.sampled_from([OK_EMPTY, OK_EMPTY + b"\r\n", OK_EMPTY + b"x", b"\r\n\r\n"]),
+             min_size=1, max_size=3),
+    st.lists(st.tuples(st.integers(0, 2), st.none() | st.integers(0, 200)), min_size=1, max_size=8),
+)
+# The end of an answer fed in pieces, later fed alone: not an answer (empty lines are skipped).
+@example([OK_EMPTY, b"\r\n\r\n"], [(0, len(OK_EMPTY) - 4), (1, None)])
+def test_a_repeated_answer_reads_as_a_fresh_parser_reads_it(pool: list[bytes], order: list[tuple[int, int | None]]) -> None:
+    """An answer whose bytes repeat the previous one's is not parsed again (ResponseParser.feed):
+    fed the same pieces, a parser reads exactly what one that parses every byte reads."""
+    parser, plain = ResponseParser(), ResponseParser()
+
+    def outcome(p: ResponseParser, piece: bytes, shortcut: bool) -> Response | None | type[ProtocolError]:
+        if not shortcut:
+            p._repeat_data = None  # type: ignore[assignment]  # never equal to bytes: always parsed
+        try:
+            return p.feed(piece)
+        except ProtocolError:
+            return ProtocolError
+
+    for index, cut in order:
+        raw = pool[index % len(pool)]
+        at = len(raw) if cut is None else min(cut, len(raw))
+        for piece in (raw[:at], raw[at:]):
+            got, expected = outcome(parser, piece, True), outcome(plain, piece, False)
+            assert got == expected
+            if expected is ProtocolError or (isinstance(expected, Response) and not expected.keep_alive):
+                return  # the connection ends here
 
 
 @settings(max_examples=500, deadline=None)

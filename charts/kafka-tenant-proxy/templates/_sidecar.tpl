@@ -110,6 +110,10 @@ container first under containers instead of initContainers. Inside this chart, p
     - name: KTP_APP_MAX_CONCURRENCY
       value: {{ $v.sidecar.appMaxConcurrency | toString | quote }}
     {{- end }}
+    {{- if and (not (hasKey $opts "bulk-max-records")) (gt (int $v.sidecar.bulkMaxRecords) 0) }}
+    - name: KTP_BULK_MAX_RECORDS
+      value: {{ $v.sidecar.bulkMaxRecords | toString | quote }}
+    {{- end }}
     {{- if $v.sidecar.routesTokenSecret.name }}
     - name: KTP_ROUTES_TOKEN_FILE
       value: {{ printf "%s/routes-token/token" (include "kafka-tenant-proxy.secretsDir" $ctx) | quote }}
