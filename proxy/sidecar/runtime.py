@@ -225,9 +225,8 @@ class Sidecar:
         self.gauges = PartitionGauges(self.metrics, self.listener, self.partitions, self.table, config.stall_timeout)
         self.route_history = RouteHistory(self.table)
         self._recent = RecentDecisions()
-        self._stopping = asyncio.Event()
         self.ready = Readiness(config, self.listener, self.table, self.route_source, self.health, self.metrics)
-        self.ready.routes_gate, self.ready.stopping = self.routes_gate, self._stopping
+        self.ready.routes_gate, self._stopping = self.routes_gate, self.ready.stopping
         self._commit_lock = asyncio.Lock()
         self._commit_task: asyncio.Task[None] | None = None
         self._started: list[Any] = []
