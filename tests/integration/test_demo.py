@@ -1,4 +1,4 @@
-"""``ktp demo`` runs the seeds' scenario end to end and every request is handled exactly once."""
+"""``ktp demo`` runs the shared-environment scenario (A → B'' → Kafka → C'' → D) end to end and every request is handled exactly once."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Route service + kafka: route source + baseline and sandbox sidecars, on the real broker.
 
-The seeds' scenario end to end: tenants routed through the API, records judged by the routes in
+The shared-environment scenario end to end: tenants routed through the API, records judged by the routes in
 force at their time, sandbox groups positioned and cleaned up by the route lifecycle. Each test
 runs with the default route lead (writers wait until the change is in force, as ``ktp tenant put
 --wait`` does) and with lead 0 (records follow the write at once: what an older route service
@@ -136,7 +136,7 @@ async def test_seeds_scenario_each_record_handled_once(
     in_sandbox = set(bodies(sandbox_app))
     wrong_place = {b for b in in_sandbox if int(b.split("/")[0][1:]) % 2 == 1 or b.startswith("none")}
     print(
-        f"seeds scenario: records={len(expected)} baseline={len(base_app.received)} "
+        f"shared-environment scenario: records={len(expected)} baseline={len(base_app.received)} "
         f"sandbox={len(sandbox_app.received)} twice={twice} nobody={nobody} misrouted={len(wrong_place)}"
     )
     assert (twice, nobody, len(wrong_place)) == (0, 0, 0)
