@@ -137,8 +137,10 @@ class KafkaListener:
         try:
             await consumer.start()
         except BaseException:
-            self._consumer = None
+            # Stop before letting go of it: the consumer's stop lets a rebalance callback that is
+            # already running finish, and that callback reaches the consumer through this listener.
             await consumer.stop()
+            self._consumer = None
             raise
         self._watch_task = asyncio.create_task(self._watch_membership(), name="ktp-membership")
 
@@ -390,6 +392,8 @@ class KafkaListener:
         if self.fenced:
             self._unfence("the group was joined again")
         await self._on_assigned(assigned)
+        if self._consumer is None:
+            return  # stopped while the assignment was being handled
         # Pauses asked for before the assignment (e.g. app unhealthy) take effect now.
         held = [tp for tp in assigned if self._pauses.get(tp)]
         if held:
