@@ -40,37 +40,11 @@ from proxy.routing.tenant import DEFAULT_TENANT_KEY
 from proxy.upstream.http import AppConnectError, AppTimeout
 
 log = logging.getLogger(__name__)
-# At most one line per this many seconds about re-serialized baggage: one producer that writes
-# `tenant=t1 ` would otherwise log every record it sends.
-RESERIALIZED_LOG_INTERVAL = 10.0
+# At most one line per this many seconds per topic and kind about a record's headers (baggage
+# re-serialized, a header not forwarded): one producer that writes `tenant=t1 ` or a header with a
+# CR in it would otherwise log every record it sends. The metric still counts each one.
+HEADER_LOG_INTERVAL = 10.0
 
-
-class RateLimitedLog:
-    """A logger's ``warning`` at most once per ``interval`` seconds; the next line that gets
-    through says how many were held back."""
-
-    __slots__ = ("_clock", "_held", "_next", "interval", "logger")
-
-    def __init__(self, logger: logging.Logger, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._clock = clock
-        self._next = 0.0
-        self._held = 0
-
-    def warning(self, message: str, *args: object) -> bool:
-        """Log unless a line went out less than ``interval`` ago; True if it was logged."""
-        now = self._clock()
-        if now < self._next:
-            self._held += 1
-            return False
-        if self._held:
-            message += " (and %d more like it in the last %.0fs)"
-            args = (*args, self._held, self.interval)
-        self._held = 0
-        self._next = now + self.interval
-        self.logger.warning(message, *args)
-        return True
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 # A delivery timeout is logged at most this often per partition (the records behind it time out too).
@@ -117,7 +91,7 @@ class Dispatcher:
         self.metrics = metrics
         self.forwarded_headers = forwarded_headers
         self.tenant_key = tenant_key
-        self._reserialized = RateLimitedLog(log, RESERIALIZED_LOG_INTERVAL)
+        self._header_logs = LogThrottle(HEADER_LOG_INTERVAL)
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}, not {ordering!r}")
         self.ordering = ordering
@@ -323,16 +297,23 @@ class Dispatcher:
             headers["kafka-tombstone"] = "true"
         # Format headers, trace context in OTEL_PROPAGATORS' formats, ktp-delivery (envelope.py).
         scope = envelope.begin(record, headers, rejected) if envelope is not None else None
+        throttle = self._header_logs
         for note in notes:
-            self._reserialized.warning("record %s[%d]@%d: baggage %s", topic, record.partition, record.offset, note)
+            held = throttle.allow((topic, "baggage"))
+            if held is not None:
+                log.warning(
+                    "record %s[%d]@%d: baggage %s%s", topic, record.partition, record.offset, note, held_back(held)
+                )
         for name in rejected:
             self.metrics.bad_input.labels(topic, f"header_{name}").inc()
             if name == "baggage" and notes:
-                continue  # said above, rate-limited
-            log.warning(
-                "record %s[%d]@%d: header %r not forwarded (not a safe HTTP field value)",
-                topic, record.partition, record.offset, name,
-            )
+                continue  # said above
+            held = throttle.allow((topic, name))
+            if held is not None:
+                log.warning(
+                    "record %s[%d]@%d: header %r not forwarded (not a safe HTTP field value)%s",
+                    topic, record.partition, record.offset, name, held_back(held),
+                )
         return headers, scope
 
     async def _attempt(

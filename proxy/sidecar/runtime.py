@@ -35,6 +35,7 @@ from proxy.errors import BrokerError, ConfigError
 from proxy.listener.kafka import FETCH_MAX_RECORDS, Batch, KafkaListener, PartitionsCallback
 from proxy.listener.partitions import Partitions, PartitionState
 from proxy.listener.start_position import committed_offsets, position_new_sandbox_group
+from proxy.logthrottle import LogThrottle, held_back
 from proxy.metrics import Metrics
 from proxy.routeservice.groups import SandboxGroup, register_sandbox_group
 from proxy.routing.filter import Decided, RouteFilter
@@ -51,6 +52,9 @@ from proxy.upstream.health import AppHealth
 from proxy.upstream.http import HttpUpstream
 
 log = logging.getLogger(__name__)
+
+# Seconds between two log lines about unreadable baggage on one topic (the metric counts each).
+BAD_BAGGAGE_LOG_INTERVAL = 10.0
 
 # One fetch response's bytes (aiokafka's default is 50 MiB). The records of a response sit in the
 # sidecar's memory until delivered, so this bounds its footprint; 1 MiB is ~3,000 records of
@@ -225,6 +229,9 @@ class Sidecar:
         self.gauges = PartitionGauges(self.metrics, self.listener, self.partitions, self.table, config.stall_timeout)
         self.route_history = RouteHistory(self.table)
         self._recent = RecentDecisions()
+        # Unreadable baggage is counted per record; logged once per topic and problem per this
+        # throttle's interval, so a producer that sends it on every record cannot flood the log.
+        self._bad_baggage_logs = LogThrottle(BAD_BAGGAGE_LOG_INTERVAL)
         self.ready = Readiness(config, self.listener, self.table, self.route_source, self.health, self.metrics)
         self.ready.routes_gate, self._stopping = self.routes_gate, self.ready.stopping
         self._commit_lock = asyncio.Lock()
@@ -402,9 +409,12 @@ class Sidecar:
         problem = entry.lookup.problem
         assert problem is not None
         self.metrics.bad_input.labels(topic, problem).inc()
-        log.warning(
-            "record %s[%d]@%d: %s, decided %s", topic, record.partition, record.offset, problem, entry.decision
-        )
+        held = self._bad_baggage_logs.allow((topic, problem))
+        if held is not None:
+            log.warning(
+                "record %s[%d]@%d: %s, decided %s%s",
+                topic, record.partition, record.offset, problem, entry.decision, held_back(held),
+            )
 
     # -- partitions and commits ------------------------------------------------------------------
 

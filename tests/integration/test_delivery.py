@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 from pathlib import Path
 
 import aiohttp
@@ -319,6 +320,25 @@ async def test_dead_letters_off_drops_after_a_log_line_and_a_metric(
     assert "ktp_dead_letters_total{" not in metrics
     assert any(r.levelname == "ERROR" and "dead letters are off, dropped" in r.getMessage() for r in caplog.records)
     assert await read_all(bootstrap_servers, f"{topic}.dlq") == []
+
+
+async def test_unreadable_baggage_on_every_record_is_counted_each_time_and_logged_once(
+    bootstrap_servers: str, topic: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A producer whose every record carries a different unreadable baggage (each one a miss of
+    the decision memo): all delivered to baseline, each counted, one log line per interval."""
+    n = 200
+    records = [(None, str(i).encode(), [("baggage", b"tenant=caf\xc3\xa9" + str(i).encode())]) for i in range(n)]
+    await produce(bootstrap_servers, topic, records)
+    caplog.set_level(logging.WARNING, logger="proxy.sidecar.runtime")
+    async with RecordingApp() as app:
+        config = sidecar_config(bootstrap_servers, topic, app.url, routes_file(tmp_path))
+        async with Sidecar(config) as sidecar:
+            await app.wait_for(n)
+            metrics = sidecar.metrics.render().decode()
+    assert f'ktp_bad_input_total{{kind="tenant_invalid",topic="{topic}"}} {float(n)}' in metrics
+    lines = [r.getMessage() for r in caplog.records if "tenant_invalid" in r.getMessage()]
+    assert len(lines) == 1, lines
 
 
 async def test_a_stalled_partition_is_reported_not_unready(bootstrap_servers: str, topic: str, tmp_path: Path) -> None:
