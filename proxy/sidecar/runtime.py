@@ -144,6 +144,19 @@ def bulk_delivery(
     )
 
 
+def admin_server(sidecar: Sidecar) -> HttpServer:
+    """The admin listener (``--admin-addr``): probes, the route table, decisions, config."""
+    routes = admin_routes(
+        readiness=sidecar.readiness,
+        routes=sidecar.routes_view,
+        decisions=sidecar.decisions,
+        detail=sidecar.readiness_detail,
+        reasons=lambda: sidecar.ready.reasons(),
+        config=sidecar.config.redacted,
+    )
+    return HttpServer(sidecar.config.admin_addr, routes, name="admin")
+
+
 class Sidecar:
     """One sidecar: a consumer group member that forwards its pod's records to the app."""
 
@@ -213,18 +226,7 @@ class Sidecar:
             partitions=self.partitions,
             bulk=self.bulk,
         )
-        self.admin = HttpServer(
-            config.admin_addr,
-            admin_routes(
-                readiness=self.readiness,
-                routes=self._routes_view,
-                decisions=self.decisions,
-                detail=self.readiness_detail,
-                reasons=lambda: self.ready.reasons(),
-                config=self.config.redacted,
-            ),
-            name="admin",
-        )
+        self.admin = admin_server(self)
         self.metrics_server = HttpServer(config.metrics_addr, metrics_routes(self._render_metrics), name="metrics")
         self.gauges = PartitionGauges(self.metrics, self.listener, self.partitions, self.table, config.stall_timeout)
         self.route_history = RouteHistory(self.table)
@@ -237,8 +239,6 @@ class Sidecar:
         self._commit_lock = asyncio.Lock()
         self._commit_task: asyncio.Task[None] | None = None
         self._started: list[Any] = []
-        # Why the sidecar is not ready, in words (/readyz): the last Kafka connect failure and
-        # the last route source failure, each with its wall-clock time.
 
     def __repr__(self) -> str:
         return (
@@ -490,7 +490,8 @@ class Sidecar:
         be fixing. It is reported here and by ``ktp_partition_stalled`` for alerting."""
         return self.gauges.stalled_detail()
 
-    def _routes_view(self) -> dict[str, Any]:
+    def routes_view(self) -> dict[str, Any]:
+        """The route table, its version and sync state, for ``/routes``."""
         return {"source": self.route_source.describe(), **self.table.snapshot()}
 
     def decisions(self) -> list[dict[str, Any]]:
