@@ -14,7 +14,12 @@ What each is for:
   an outage. aiokafka has no public view of any of these.
 - the consumer's fetch bookkeeping (``_subscription.fetch_context()``): a wait for room in the
   app counts as asking for records, as aiokafka's own waits inside ``getmany`` do.
-- ``AIOKafkaAdminClient._send_request``: DeleteGroups, which aiokafka's admin client lacks.
+- the consumer's assignment state (``_subscription.subscription.assignment``): whether every
+  assigned partition has a fetch position yet (readiness waits for it).
+- the coordinator's generation and member id on stop: aiokafka sends LeaveGroup only from
+  generation 1 up; a broker that numbers the first generation 0 needs ours.
+- ``AIOKafkaAdminClient._send_request``: DeleteGroups and LeaveGroup, which aiokafka's admin
+  client lacks.
 - the consumer's client (``AIOKafkaConsumer._client.send``): when each Fetch was sent and the high
   watermark it was answered with, which the routes reader turns into "complete through the send
   time" without a request of its own. aiokafka keeps only the answer's time.
@@ -26,7 +31,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, cast
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 
@@ -99,7 +104,33 @@ async def heartbeat(consumer: AIOKafkaConsumer) -> bool:
     return bool(await do_heartbeat())
 
 
+def first_generation_member(consumer: AIOKafkaConsumer) -> str | None:
+    """The member id when the consumer is a member of generation 0 (aiokafka will not send
+    LeaveGroup for it on stop), else None."""
+    coordinator = group_coordinator(consumer)
+    if coordinator is None:
+        return None
+    try:
+        member: str = coordinator.member_id or ""
+        return member if coordinator.generation == 0 and member else None
+    except AttributeError as exc:
+        raise _missing("aiokafka's GroupCoordinator", str(exc.name)) from None
+
+
 # -- aiokafka: fetch bookkeeping -----------------------------------------------------------------
+
+
+def unpositioned_partitions(consumer: AIOKafkaConsumer) -> frozenset[TopicPartition]:
+    """Assigned partitions whose fetch position aiokafka has not looked up yet (empty when
+    nothing is assigned)."""
+    try:
+        assignment = consumer._subscription.subscription
+        assignment = assignment.assignment if assignment is not None else None
+        if assignment is None:
+            return frozenset()
+        return frozenset(tp for tp in assignment.tps if not assignment.state_value(tp).has_valid_position)
+    except AttributeError as exc:
+        raise _missing("AIOKafkaConsumer", f"_subscription.subscription.assignment ({exc.name})") from None
 
 
 def fetch_context(consumer: AIOKafkaConsumer) -> contextlib.AbstractContextManager[object]:

@@ -43,6 +43,7 @@ from http import HTTPStatus
 
 import httptools
 
+from proxy.errors import ListenError
 from proxy.http1 import (
     BAD_HEAD_BYTES,
     MAX_CHUNK_LINE,
@@ -326,11 +327,13 @@ class LocalHttpServer:
         handler: Handler,
         *,
         name: str,
+        flag: str | None = None,
         on_malformed: Callable[[HttpError], Response] = plain_malformed,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     ) -> None:
         self.host, self.port = addr
         self.name = name
+        self.flag = flag or f"--{name}-addr"
         self.handler = handler
         self.on_malformed = on_malformed
         self.shutdown_timeout = shutdown_timeout
@@ -342,9 +345,14 @@ class LocalHttpServer:
         return f"LocalHttpServer(name={self.name!r}, addr={self.host}:{self.port})"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._connection, self.host, self.port, reuse_address=True, limit=MAX_HEAD_BYTES
-        )
+        """Bind and accept. Raises :class:`ListenError` (naming the address and ``flag``) when
+        the address cannot be bound."""
+        try:
+            self._server = await asyncio.start_server(
+                self._connection, self.host, self.port, reuse_address=True, limit=MAX_HEAD_BYTES
+            )
+        except OSError as exc:
+            raise ListenError(f"{self.name} server", self.flag, self.host, self.port, exc) from exc
         if self.port == 0:
             # Bound to an ephemeral port (tests): report the real one.
             self.port = int(self._server.sockets[0].getsockname()[1])

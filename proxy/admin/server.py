@@ -74,10 +74,13 @@ def admin_routes(
     decisions: Callable[[], list[dict[str, Any]]],
     detail: Callable[[], dict[str, Any]] | None = None,
     config: Callable[[], dict[str, Any]] | None = None,
+    reasons: Callable[[], dict[str, str]] | None = None,
 ) -> dict[str, Handler]:
     """``detail`` adds what readiness does not depend on but an operator wants to see next to
     it (stalled partitions) to ``/readyz`` as ``"detail"``. ``config`` serves ``/config``; it
-    must return the configuration already redacted (``SidecarConfig.redacted``)."""
+    must return the configuration already redacted (``SidecarConfig.redacted``). ``reasons``
+    says in words why each failing check fails (``"reasons"``, empty when ready); the checks
+    stay booleans, for probes and scripts that read them."""
 
     async def healthz(_: Request) -> Response:
         return Response(200, b"ok\n", {"content-type": TEXT})
@@ -85,6 +88,8 @@ def admin_routes(
     async def readyz(_: Request) -> Response:
         ready, checks = readiness()
         body: dict[str, Any] = {"ready": ready, "checks": checks}
+        if reasons is not None:
+            body["reasons"] = reasons()
         if detail is not None:
             body["detail"] = detail()
         return json_response(body, 200 if ready else 503)

@@ -28,6 +28,7 @@ from aiokafka.structs import ConsumerRecord
 from proxy.delivery.bulk_lane import BulkDelivery
 from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.delivery.headers import build_headers
+from proxy.logthrottle import LogThrottle, held_back
 from proxy.delivery.envelope import DeliveryEnvelope, DeliveryScope
 from proxy.delivery.ordering import ORDERINGS
 from proxy.delivery.policy import OK, Outcome, RetryPolicy, Verdict, classify, parse_retry_after
@@ -39,39 +40,15 @@ from proxy.routing.tenant import DEFAULT_TENANT_KEY
 from proxy.upstream.http import AppConnectError, AppTimeout
 
 log = logging.getLogger(__name__)
-# At most one line per this many seconds about re-serialized baggage: one producer that writes
-# `tenant=t1 ` would otherwise log every record it sends.
-RESERIALIZED_LOG_INTERVAL = 10.0
+# At most one line per this many seconds per topic and kind about a record's headers (baggage
+# re-serialized, a header not forwarded): one producer that writes `tenant=t1 ` or a header with a
+# CR in it would otherwise log every record it sends. The metric still counts each one.
+HEADER_LOG_INTERVAL = 10.0
 
-
-class RateLimitedLog:
-    """A logger's ``warning`` at most once per ``interval`` seconds; the next line that gets
-    through says how many were held back."""
-
-    __slots__ = ("_clock", "_held", "_next", "interval", "logger")
-
-    def __init__(self, logger: logging.Logger, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._clock = clock
-        self._next = 0.0
-        self._held = 0
-
-    def warning(self, message: str, *args: object) -> bool:
-        """Log unless a line went out less than ``interval`` ago; True if it was logged."""
-        now = self._clock()
-        if now < self._next:
-            self._held += 1
-            return False
-        if self._held:
-            message += " (and %d more like it in the last %.0fs)"
-            args = (*args, self._held, self.interval)
-        self._held = 0
-        self._next = now + self.interval
-        self.logger.warning(message, *args)
-        return True
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+# A delivery timeout is logged at most this often per partition (the records behind it time out too).
+TIMEOUT_LOG_INTERVAL = 10.0
 
 
 @dataclass(eq=False, slots=True)
@@ -114,7 +91,7 @@ class Dispatcher:
         self.metrics = metrics
         self.forwarded_headers = forwarded_headers
         self.tenant_key = tenant_key
-        self._reserialized = RateLimitedLog(log, RESERIALIZED_LOG_INTERVAL)
+        self._header_logs = LogThrottle(HEADER_LOG_INTERVAL)
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}, not {ordering!r}")
         self.ordering = ordering
@@ -131,6 +108,7 @@ class Dispatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_flight = 0
+        self._timeouts = LogThrottle(TIMEOUT_LOG_INTERVAL)
         metrics.track_in_flight(lambda: self._in_flight)
         # Marks records done and lets their partitions be fetched again (backpressure).
         self.partitions = partitions if partitions is not None else Partitions()
@@ -257,7 +235,7 @@ class Dispatcher:
             while not state.revoked:
                 if not self.health.healthy and not await state.wait_unless_revoked(self.health.wait_healthy()):
                     return False
-                tried = await self._attempt(body, headers, counters)
+                tried = await self._attempt(body, headers, counters, record, attempts + 1)
                 if tried is None:
                     continue  # the app is not listening: no attempt is spent, the health gate holds us
                 verdict, retry_after, answered = tried
@@ -319,20 +297,27 @@ class Dispatcher:
             headers["kafka-tombstone"] = "true"
         # Format headers, trace context in OTEL_PROPAGATORS' formats, ktp-delivery (envelope.py).
         scope = envelope.begin(record, headers, rejected) if envelope is not None else None
+        throttle = self._header_logs
         for note in notes:
-            self._reserialized.warning("record %s[%d]@%d: baggage %s", topic, record.partition, record.offset, note)
+            held = throttle.allow((topic, "baggage"))
+            if held is not None:
+                log.warning(
+                    "record %s[%d]@%d: baggage %s%s", topic, record.partition, record.offset, note, held_back(held)
+                )
         for name in rejected:
             self.metrics.bad_input.labels(topic, f"header_{name}").inc()
             if name == "baggage" and notes:
-                continue  # said above, rate-limited
-            log.warning(
-                "record %s[%d]@%d: header %r not forwarded (not a safe HTTP field value)",
-                topic, record.partition, record.offset, name,
-            )
+                continue  # said above
+            held = throttle.allow((topic, name))
+            if held is not None:
+                log.warning(
+                    "record %s[%d]@%d: header %r not forwarded (not a safe HTTP field value)%s",
+                    topic, record.partition, record.offset, name, held_back(held),
+                )
         return headers, scope
 
     async def _attempt(
-        self, body: bytes, headers: dict[str, str], counters: TopicCounters
+        self, body: bytes, headers: dict[str, str], counters: TopicCounters, record: Record, attempt: int
     ) -> tuple[Verdict, float | None, int | None] | None:
         """One POST: its verdict, the app's ``Retry-After`` (seconds) and status (None without an
         answer). None when the app is not listening (it is then marked unhealthy)."""
@@ -342,7 +327,8 @@ class Dispatcher:
             counters.attempts("connection_refused").inc()
             self.health.mark_unhealthy(str(exc))
             return None
-        except AppTimeout:
+        except AppTimeout as exc:
+            self._log_timeout(record, attempt, exc)
             return Verdict(Outcome.RETRY, "timeout"), None, None
         except AppUnavailable:
             return Verdict(Outcome.RETRY, "connection_error"), None, None
@@ -350,6 +336,18 @@ class Dispatcher:
         verdict = classify(answer.status, answer.body, answer.content_type)
         retry_after = parse_retry_after(answer.retry_after, time.time()) if answer.retry_after else None
         return verdict, retry_after, answer.status
+
+    def _log_timeout(self, record: Record, attempt: int, exc: AppTimeout) -> None:
+        """A timeout is the app's trouble an operator must see (a stalled partition's usual
+        cause: an app that takes one connection at a time), so it is a WARNING; throttled per
+        partition, since every record behind it may time out too."""
+        held = self._timeouts.allow((record.topic, record.partition))
+        if held is not None:
+            log.warning(
+                "delivery of record %s[%d]@%d timed out (attempt %d: %s); the connection was closed. "
+                "If the app serves one connection at a time, set --app-max-concurrency%s",
+                record.topic, record.partition, record.offset, attempt, exc, held_back(held),
+            )
 
     # -- LaneHost (proxy.delivery.bulk_lane) ----------------------------------------------------
 

@@ -86,7 +86,10 @@ async def run_demo(records: int = REQUESTS_PER_TENANT) -> int:
     started = time.monotonic()
     ledger = Ledger()
     session = aiohttp.ClientSession()
-    print("starting the embedded Kafka broker (Tansu), the route service and five services ...")
+    print(
+        f"starting the embedded Kafka broker (Tansu), the route service and {len(LEGEND)} service "
+        f"versions ({', '.join(LEGEND)}) ..."
+    )
     with tempfile.TemporaryDirectory(prefix="ktp-demo-") as tmp:
         workdir = Path(tmp)
         (workdir / "token").write_text(TOKEN)
@@ -223,10 +226,25 @@ async def _scenario(workdir: Path, ledger: Ledger, session: aiohttp.ClientSessio
         await asyncio.sleep(0.5)  # anything handled twice would show now
 
 
+# The table's columns: one per version of a service, with what it is.
+LEGEND = {
+    "A": "orders-api: entry point; sends each request to B or B'' by its tenant, as a mesh would",
+    "B": "orders-producer, baseline: publishes the order to Kafka with the request's baggage",
+    "B''": "orders-producer, sandbox pr-42",
+    "C": "orders-worker, baseline: the Kafka consumer, behind a sidecar in group orders-worker",
+    "C''": "orders-worker, sandbox pr-42: behind its own sidecar, group orders-worker-pr-42",
+    "D": "ledger: called by C and C'' with the tenant",
+}
+
+
 def print_table(ledger: Ledger) -> None:
-    columns = ("A", "B", "B''", "C", "C''", "D")
+    """Requests per phase and tenant that reached each service version, then the legend."""
+    columns = tuple(LEGEND)
     print()
     print(f"{'phase':<12} {'tenant':<8} " + " ".join(f"{c:>5}" for c in columns))
     print("-" * (22 + 6 * len(columns)))
     for (phase, tenant), counts in sorted(ledger.seen.items()):
         print(f"{phase:<12} {tenant:<8} " + " ".join(f"{counts[c]:>5}" for c in columns))
+    print("\nEach cell: requests of that phase and tenant that reached the version.")
+    for column, meaning in LEGEND.items():
+        print(f"  {column:<4} {meaning}")

@@ -107,6 +107,13 @@ INJECTOR_OPTIONS = (
         "kafka:",
     ),
     Option(
+        "app-max-concurrency",
+        "most requests and connections every sidecar sends its app at once (default: the "
+        "sidecar's --max-in-flight); a pod's kafka-tenant-proxy.io/app-max-concurrency "
+        "annotation may override it",
+        parse=parse_positive_int,
+    ),
+    Option(
         "bulk-max-records",
         "bulk delivery (--bulk-max-records) given to every sidecar, 0 for off; a pod's "
         "kafka-tenant-proxy.io/bulk-max-records annotation may override it",
@@ -229,6 +236,7 @@ class InjectorConfig:
             kafka_ca_secret=refs[1],
             kafka_client_cert_secret=values["kafka_client_cert_secret"],
             routes=values["routes"],
+            app_max_concurrency=values["app_max_concurrency"],
             bulk_max_records=values["bulk_max_records"],
             routes_token_secret=refs[2],
             native_sidecar=values["native_sidecar"],

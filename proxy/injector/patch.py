@@ -299,6 +299,8 @@ class SidecarTemplate:
     kafka_ca_secret: SecretKeyRef | None = None
     kafka_client_cert_secret: str | None = None
     routes: str = "kafka:"
+    # --app-max-concurrency of every sidecar (None: the sidecar's default); a pod's annotation wins.
+    app_max_concurrency: int | None = None
     # Bulk delivery for every sidecar unless a pod's annotation says otherwise (0: off).
     bulk_max_records: int = 0
     native_sidecar: bool = True
@@ -350,6 +352,8 @@ class SidecarTemplate:
             "security-protocol": self.security_protocol,
             "routes": self.routes,
         }
+        if self.app_max_concurrency is not None:
+            env["app-max-concurrency"] = str(self.app_max_concurrency)
         if self.bulk_max_records:
             env["bulk-max-records"] = str(self.bulk_max_records)
         if self.security_protocol.startswith("SASL"):

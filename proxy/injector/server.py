@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.admin.server import HttpServer, metrics_routes
+from proxy.errors import ListenError
 from proxy.injector.config import InjectorConfig
 from proxy.injector.metrics import InjectorMetrics
 from proxy.injector.patch import CONTAINER_NAME, Inject, Pass, Refuse
@@ -80,7 +81,12 @@ class InjectorServer:
         site = web.TCPSite(
             self._runner, self.host, self.port, ssl_context=self._tls, reuse_address=True
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise ListenError("injector webhook", "--listen", self.host, self.port, exc) from exc
         if self.port == 0:
             # Bound to an ephemeral port (tests): report the real one.
             self.port = int(self._runner.addresses[0][1])

@@ -45,6 +45,7 @@ PartitionsCallback = Callable[[frozenset[TopicPartition]], Awaitable[None]]
 DEFAULT_COMMIT_TIMEOUT = 10.0
 DEFAULT_SESSION_TIMEOUT_MS = 10000  # aiokafka's
 WATCH_INTERVAL = 0.1
+LEAVE_TIMEOUT = 5.0
 UNCONFIRMED = "membership_unconfirmed"
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 FETCH_TIMEOUT_MS = 500
@@ -121,6 +122,11 @@ class KafkaListener:
         assert self._consumer is not None, "KafkaListener.start() was not called"
         return self._consumer
 
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` has connected (the group may not be joined yet)."""
+        return self._consumer is not None and self._watch_task is not None
+
     async def start(self) -> None:
         """Connect and join the group. A failed start leaves nothing open, so it can be retried."""
         consumer = AIOKafkaConsumer(**self.connection.client_kwargs(), **self._consumer_kwargs)
@@ -131,8 +137,10 @@ class KafkaListener:
         try:
             await consumer.start()
         except BaseException:
-            self._consumer = None
+            # Stop before letting go of it: the consumer's stop lets a rebalance callback that is
+            # already running finish, and that callback reaches the consumer through this listener.
             await consumer.stop()
+            self._consumer = None
             raise
         self._watch_task = asyncio.create_task(self._watch_membership(), name="ktp-membership")
 
@@ -144,8 +152,38 @@ class KafkaListener:
                 await self._watch_task
             self._watch_task = None
         if self._consumer is not None:
+            member = self._first_generation_member()
             await self._consumer.stop()
             self._consumer = None
+            if member is not None:
+                await self._leave_group(member)
+
+    def _first_generation_member(self) -> str | None:
+        """This member's id when aiokafka will not send LeaveGroup for it on stop.
+
+        aiokafka leaves only from a generation above 0 (Kafka numbers the first one 1), but the
+        protocol lets a broker start at 0 (the embedded test broker does). A member that does not
+        leave stays in the group until the broker expires it, and a sandbox group with a member
+        is never deleted (the route service deletes groups only when seen empty)."""
+        if self.group_instance_id is not None or self._consumer is None:
+            return None  # static members keep their place on purpose (KIP-345)
+        return compat.first_generation_member(self._consumer)
+
+    async def _leave_group(self, member: str) -> None:
+        """Send LeaveGroup for ``member`` (best effort, like aiokafka's own)."""
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.protocol.group import LeaveGroupRequest
+
+        admin = AIOKafkaAdminClient(**self.connection.client_kwargs(), client_id="ktp-leave-group")
+        try:
+            async with asyncio.timeout(LEAVE_TIMEOUT):
+                await admin.start()
+                node = await admin.find_coordinator(self.group)
+                await compat.send_admin_request(admin, LeaveGroupRequest(self.group, member), node)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("leaving group %s failed (the broker expires the member): %r", self.group, exc)
+        finally:
+            await admin.close()
 
     async def fetch(self, timeout_ms: int, max_records: int, partitions: Iterable[TopicPartition] = ()) -> Batch:
         """Records of ``partitions`` (all assigned ones when empty). Partitions left out keep
@@ -258,6 +296,18 @@ class KafkaListener:
             return frozenset()
         return frozenset(self._consumer.assignment())
 
+    def unpositioned(self) -> frozenset[TopicPartition]:
+        """Assigned partitions whose fetch position is not known yet.
+
+        The assignment callback runs before the Kafka client looks up where a partition starts
+        (its committed offset, or ``auto_offset_reset``'s end of the log); a record produced
+        before that look-up returns is never fetched under ``latest``. So readiness waits for
+        this to be empty. aiokafka keeps the positions in its private subscription state; if that
+        changes shape, :mod:`proxy.compat` fails loudly."""
+        if self._consumer is None:
+            return frozenset()
+        return compat.unpositioned_partitions(self._consumer)
+
     def highwater(self, tp: TopicPartition) -> int | None:
         if self._consumer is None:
             return None
@@ -342,6 +392,8 @@ class KafkaListener:
         if self.fenced:
             self._unfence("the group was joined again")
         await self._on_assigned(assigned)
+        if self._consumer is None:
+            return  # stopped while the assignment was being handled
         # Pauses asked for before the assignment (e.g. app unhealthy) take effect now.
         held = [tp for tp in assigned if self._pauses.get(tp)]
         if held:

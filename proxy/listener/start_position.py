@@ -9,7 +9,7 @@ replay history nor skip what baseline has not handled yet).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -17,6 +17,11 @@ from proxy.kafka import KafkaConnection
 from proxy.listener.kafka import KafkaListener
 
 log = logging.getLogger(__name__)
+
+
+def format_offsets(offsets: Mapping[TopicPartition, int | None]) -> str:
+    """``orders[0]@12, orders[1]@None`` for logs, rather than aiokafka's TopicPartition reprs."""
+    return ", ".join(f"{tp.topic}[{tp.partition}]@{offset}" for tp, offset in sorted(offsets.items())) or "none"
 
 
 async def committed_offsets(
@@ -49,8 +54,8 @@ async def position_new_sandbox_group(
     if since is not None:
         positions = await listener.offsets_at(since, fresh)
         listener.seek(positions)
-        log.info("new sandbox group starts at routes' effective_from %d: %s", since, positions)
+        log.info("new sandbox group starts at routes' effective_from %d: %s", since, format_offsets(positions))
         return
     baseline = await committed_offsets(connection, baseline_group, fresh)
     listener.seek({tp: offset for tp, offset in baseline.items() if offset is not None})
-    log.info("new sandbox group starts at the baseline group's offsets: %s", baseline)
+    log.info("new sandbox group starts at the baseline group's offsets: %s", format_offsets(baseline))

@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-from proxy.errors import ConfigError, KtpError, RouteError
+from proxy.errors import ConfigError, KtpError, RouteError, connect_error_reason
 from proxy.routes.records import RouteRecord, parse_rfc3339, record_from_api
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -220,7 +220,7 @@ class RouteServiceClient:
                 if headers_out is not None:
                     headers_out.update((k.lower(), v) for k, v in response.headers.items())
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            reason = connect_error_reason(exc)
             raise RouteServiceError(f"cannot reach the route service at {self.server}: {reason}") from exc
         if status == 204:
             return None
@@ -235,6 +235,26 @@ class RouteServiceClient:
         message = body.get("error") if isinstance(body, dict) else None
         if not isinstance(message, str):
             message = text[:200] or f"HTTP {status}"
-        if status == 401:
-            message += " (pass the route service's token: --token-file, or --routes-token-file for a sidecar)"
+        if status in (401, 403):
+            message += f"; {auth_hint(write, given=bool(self._token))}"
         raise RouteServiceError(f"{self.server} answered {status}: {message}", status)
+
+
+def auth_hint(write: bool, *, given: bool) -> str:
+    """What to do about a 401/403 from the route service, in words a newcomer can act on."""
+    if write:
+        what = "the token given was refused" if given else "no token was given"
+        return (
+            f"{what}: writes need the route service's write token (its --token-file); pass a file "
+            "holding it with --token-file FILE (KTP_TOKEN_FILE)"
+        )
+    if given:
+        return (
+            "the token given was refused: reads take the route service's write or read token "
+            "(its --token-file or --read-token-file); check the file passed with --token-file "
+            "(--routes-token-file for a sidecar)"
+        )
+    return (
+        "reads need a token by default: pass --token-file FILE holding the route service's token "
+        "(--routes-token-file for a sidecar), or run the route service with --public-reads true"
+    )

@@ -7,11 +7,14 @@ down its pods are gone, and nothing else would clean up after them.
 - A sandbox pod's sidecar *registers* its group ``G-X`` with its service and sandbox in a small
   compacted topic (``--groups-topic``, default ``_ktp_sandbox_groups``; key = group name).
 - The route service's :class:`GroupReaper` periodically compares the registrations with the live
-  routes: a group whose ``(service, sandbox)`` no live route names is deleted with the Kafka
-  protocol's ``DeleteGroups``, which the broker refuses while the group has members
-  (``NON_EMPTY_GROUP``): "deleted once it has no members" is the broker's own rule, checked
-  atomically, not a describe-then-delete race of ours. Deleted (or already missing) groups get a
-  tombstone in the registry; refused ones are tried again next round.
+  routes. A group whose ``(service, sandbox)`` no live route names is first described
+  (``DescribeGroups``): only a group the broker shows with no members (state ``Empty`` or
+  ``Dead``) is deleted with ``DeleteGroups``. A group with members is left alone and looked at
+  again next round: its sandbox pods are still running, and deleting their group would throw
+  away their member ids and committed offsets under them. Some brokers accept ``DeleteGroups``
+  for a group with members, so their refusal (``NON_EMPTY_GROUP``) cannot be the check; it
+  still covers a member that joins between the describe and the delete, where brokers refuse.
+  Deleted (or already missing) groups get a tombstone in the registry.
 
 aiokafka 0.14's admin client has no ``delete_consumer_groups``, so the request is defined here.
 """
@@ -45,6 +48,8 @@ DEFAULT_REAP_INTERVAL = 30.0
 # Kafka error codes of DeleteGroups.
 GROUP_ID_NOT_FOUND = 69
 NON_EMPTY_GROUP = 68
+# DescribeGroups states of a group with no members ("Dead": the broker has no such group).
+EMPTY_STATES = frozenset({"Empty", "Dead"})
 
 
 class DeleteGroupsResponse_v0(Response):
@@ -164,6 +169,35 @@ async def read_registry(connection: KafkaConnection, topic: str) -> dict[str, Sa
         await consumer.stop()
 
 
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    """What DescribeGroups says of one group: its Kafka error code, state and member count."""
+
+    error_code: int
+    state: str
+    members: int
+
+    @property
+    def empty(self) -> bool:
+        """Seen with no members: safe to delete."""
+        return self.error_code == 0 and self.members == 0 and self.state in EMPTY_STATES
+
+    @property
+    def missing(self) -> bool:
+        return self.error_code == GROUP_ID_NOT_FOUND
+
+
+async def describe_groups(admin: AIOKafkaAdminClient, groups: list[str]) -> dict[str, GroupState]:
+    """DescribeGroups of each group at its coordinator."""
+    states: dict[str, GroupState] = {}
+    for response in await admin.describe_consumer_groups(groups):
+        for described in response.to_object()["groups"]:
+            states[described["group"]] = GroupState(
+                described["error_code"], described["state"], len(described["members"])
+            )
+    return states
+
+
 async def delete_groups(admin: AIOKafkaAdminClient, groups: list[str]) -> dict[str, int]:
     """Send DeleteGroups to each group's coordinator; the Kafka error code per group."""
     results: dict[str, int] = {}
@@ -237,7 +271,17 @@ class GroupReaper:
         admin = AIOKafkaAdminClient(**self.connection.client_kwargs(), client_id="ktp-group-reaper")
         await admin.start()
         try:
-            results = await delete_groups(admin, [g.group for g in stale])
+            states = await describe_groups(admin, [g.group for g in stale])
+            results = {group: GROUP_ID_NOT_FOUND for group, state in states.items() if state.missing}
+            for group, state in states.items():
+                if not state.empty and not state.missing:
+                    log.info(
+                        "sandbox group %s is unreferenced but has %d members (%s); deleting it once it has none",
+                        group, state.members, state.state or f"Kafka error {state.error_code}",
+                    )
+            empty = [group for group, state in states.items() if state.empty]
+            if empty:
+                results.update(await delete_groups(admin, empty))
         finally:
             await admin.close()
         gone = [group for group, code in results.items() if code in (0, GROUP_ID_NOT_FOUND)]

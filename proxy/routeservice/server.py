@@ -10,7 +10,7 @@ store has read the routes topic and can write, else 503).
 
 Access: writes need the write token (``--token-file``); reads need the write token or the read
 token (``--read-token-file``, for sidecars using ``--routes http(s)://``) unless
-``--public-reads``. Probes need nothing. Tokens are compared in constant time and never logged: a
+``--public-reads true``. Probes need nothing. Tokens are compared in constant time and never logged: a
 refused request is logged with its method, path and peer and why (no token, wrong token). Limits:
 ``--max-body-bytes``, ``--max-tenants``, and the name rules of :mod:`proxy.routes.records`.
 ``--tls-certfile``/``--tls-keyfile`` serve HTTPS.
@@ -33,7 +33,7 @@ from aiohttp import ClientPayloadError, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.config import Option, parse_bool, parse_host_port, parse_positive_float, parse_positive_int
-from proxy.errors import BrokerError, ConfigError, RouteSourceError
+from proxy.errors import BrokerError, ConfigError, ListenError, RouteSourceError
 from proxy.kafka import KAFKA_OPTIONS, KafkaConnection, server_ssl_context
 from proxy.routeservice.api import (
     DEFAULT_MAX_BODY_BYTES,
@@ -323,7 +323,12 @@ class RouteService:
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, ssl_context=self._tls)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise ListenError("route service", "--listen", self.host, self.port, exc) from exc
         if self.port == 0:
             # Bound to an ephemeral port (tests): report the real one.
             self.port = int(self._runner.addresses[0][1])

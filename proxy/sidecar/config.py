@@ -87,6 +87,12 @@ SIDECAR_OPTIONS = (
     Option("ordering", "delivery order: per partition, per key, or none", "partition", choices=tuple(ORDERINGS)),
     Option("max-in-flight", "deliveries in flight at once", DEFAULT_MAX_IN_FLIGHT, parse=parse_positive_int),
     Option(
+        "app-max-concurrency",
+        "most requests, and connections, the app is sent at once (Dapr's app-max-concurrency; "
+        "default: --max-in-flight). 1 for an app that serves one connection at a time",
+        parse=parse_positive_int,
+    ),
+    Option(
         "bulk-max-records",
         f"bulk delivery: up to this many records of a lane in one POST, in Dapr's bulk-subscribe "
         f"shape (0: off, one record per POST; at most {MAX_BULK_RECORDS})",
@@ -191,6 +197,7 @@ class SidecarConfig:
     groups_topic: str = DEFAULT_GROUPS_TOPIC
     ordering: str = "partition"
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    app_max_concurrency: int | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     bulk_max_records: int = 0
     bulk_max_wait: float = DEFAULT_BULK_MAX_WAIT
@@ -271,6 +278,14 @@ class SidecarConfig:
                 # baseline pod's records to a sandbox.
                 raise ConfigError("--default-tenant is for sandbox pods (set --sandbox)")
             check("--default-tenant", lambda: check_tenant(self.default_tenant or ""))
+
+    @property
+    def app_concurrency(self) -> int:
+        """Deliveries, and connections to the app, at once: ``--max-in-flight`` capped by
+        ``--app-max-concurrency``."""
+        if self.app_max_concurrency is None:
+            return self.max_in_flight
+        return min(self.max_in_flight, self.app_max_concurrency)
 
     @property
     def consumer_group(self) -> str:

@@ -49,6 +49,8 @@ class RoutesGate:
         self.metrics = metrics
         # Set while the route source cannot catch up: consumption is paused.
         self.behind_since: float | None = None
+        # The last catch-up failure, for /readyz's reasons.
+        self.last_error: str | None = None
         self._next_try = 0.0
 
     def __repr__(self) -> str:
@@ -86,6 +88,7 @@ class RoutesGate:
                 return True
             except RouteSourceError as exc:
                 self.metrics.route_source_errors.inc()
+                self.last_error = str(exc)
                 log.warning("routes could not catch up (%s); pausing consumption until they can", exc)
                 self.behind_since = time.monotonic()
                 self._next_try = self.behind_since + RETRY_INITIAL
@@ -117,6 +120,7 @@ class RoutesGate:
             await self.source.catch_up()
         except RouteSourceError as exc:
             self.metrics.route_source_errors.inc()
+            self.last_error = str(exc)
             waited = now - self.behind_since
             self._next_try = now + min(RETRY_MAX, max(RETRY_INITIAL, waited))
             log.warning("routes still cannot be read after %.0fs: %s", waited, exc)

@@ -35,6 +35,7 @@ from proxy.errors import BrokerError, ConfigError
 from proxy.listener.kafka import FETCH_MAX_RECORDS, Batch, KafkaListener, PartitionsCallback
 from proxy.listener.partitions import Partitions, PartitionState
 from proxy.listener.start_position import committed_offsets, position_new_sandbox_group
+from proxy.logthrottle import LogThrottle, held_back
 from proxy.metrics import Metrics
 from proxy.routeservice.groups import SandboxGroup, register_sandbox_group
 from proxy.routing.filter import Decided, RouteFilter
@@ -43,6 +44,7 @@ from proxy.routes.catchup import now_ms
 from proxy.routes.table import RouteHistory
 from proxy.routing.tenant import BAGGAGE_HEADER, TenantExtractor
 from proxy.sidecar.config import SidecarConfig
+from proxy.sidecar.readiness import Readiness
 from proxy.sidecar.gauges import PartitionGauges
 from proxy.sidecar.context_parts import ContextParts, build_context_parts
 from proxy.sidecar.routes_gate import ROUTES_BEHIND, RoutesGate
@@ -50,6 +52,9 @@ from proxy.upstream.health import AppHealth
 from proxy.upstream.http import HttpUpstream
 
 log = logging.getLogger(__name__)
+
+# Seconds between two log lines about unreadable baggage on one topic (the metric counts each).
+BAD_BAGGAGE_LOG_INTERVAL = 10.0
 
 # One fetch response's bytes (aiokafka's default is 50 MiB). The records of a response sit in the
 # sidecar's memory until delivered, so this bounds its footprint; 1 MiB is ~3,000 records of
@@ -139,6 +144,19 @@ def bulk_delivery(
     )
 
 
+def admin_server(sidecar: Sidecar) -> HttpServer:
+    """The admin listener (``--admin-addr``): probes, the route table, decisions, config."""
+    routes = admin_routes(
+        readiness=sidecar.readiness,
+        routes=sidecar.routes_view,
+        decisions=sidecar.decisions,
+        detail=sidecar.readiness_detail,
+        reasons=lambda: sidecar.ready.reasons(),
+        config=sidecar.config.redacted,
+    )
+    return HttpServer(sidecar.config.admin_addr, routes, name="admin")
+
+
 class Sidecar:
     """One sidecar: a consumer group member that forwards its pod's records to the app."""
 
@@ -151,10 +169,11 @@ class Sidecar:
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.config = config
+        config.kafka.client_kwargs()  # unusable TLS/SASL files: one line now, not retried forever
         self.metrics = metrics or Metrics()
         self.route_source = route_source or create_route_source(
             config.routes,
-            on_error=lambda _: self.metrics.route_source_errors.inc(),
+            on_error=lambda message: self.ready.route_source_failed(message),
             connection=config.kafka,
             token_file=config.routes_token_file,
             cafile=config.routes_cafile,
@@ -172,7 +191,7 @@ class Sidecar:
         self.upstream = HttpUpstream(
             config.app_url,
             timeout=config.app_timeout,
-            max_connections=config.max_in_flight,
+            max_connections=config.app_concurrency,
             token=config.app_token(),
             ssl_context=app_tls,
         )
@@ -201,28 +220,22 @@ class Sidecar:
             forwarded_headers=forwarded_header_names(extra=config.forward_headers),
             tenant_key=config.tenant_key,
             ordering=config.ordering,
-            max_in_flight=config.max_in_flight,
+            max_in_flight=config.app_concurrency,
             max_record_bytes=config.max_record_bytes,
             envelope=self.context_parts.delivery,
             partitions=self.partitions,
             bulk=self.bulk,
         )
-        self.admin = HttpServer(
-            config.admin_addr,
-            admin_routes(
-                readiness=self.readiness,
-                routes=self._routes_view,
-                decisions=self.decisions,
-                detail=self.readiness_detail,
-                config=self.config.redacted,
-            ),
-            name="admin",
-        )
+        self.admin = admin_server(self)
         self.metrics_server = HttpServer(config.metrics_addr, metrics_routes(self._render_metrics), name="metrics")
         self.gauges = PartitionGauges(self.metrics, self.listener, self.partitions, self.table, config.stall_timeout)
         self.route_history = RouteHistory(self.table)
         self._recent = RecentDecisions()
-        self._stopping = asyncio.Event()
+        # Unreadable baggage is counted per record; logged once per topic and problem per this
+        # throttle's interval, so a producer that sends it on every record cannot flood the log.
+        self._bad_baggage_logs = LogThrottle(BAD_BAGGAGE_LOG_INTERVAL)
+        self.ready = Readiness(config, self.listener, self.table, self.route_source, self.health, self.metrics)
+        self.ready.routes_gate, self._stopping = self.routes_gate, self.ready.stopping
         self._commit_lock = asyncio.Lock()
         self._commit_task: asyncio.Task[None] | None = None
         self._started: list[Any] = []
@@ -268,6 +281,7 @@ class Sidecar:
             await self.dead_letters.start()
             self._started.append(self.dead_letters)
         await self.listener.start()
+        self.ready.kafka_connected()
 
     async def _connect_kafka_failed(self, exc: Exception, delay: float) -> None:
         # Not only KafkaError: aiokafka 0.14 raises KeyError on a broker's SCRAM refusal
@@ -279,6 +293,7 @@ class Sidecar:
             self._started.remove(self.dead_letters)
             await self.dead_letters.stop()
         expected = isinstance(exc, (KafkaError, BrokerError, OSError))
+        self.ready.kafka_failed(exc, delay)
         log.warning(
             "Kafka at %s not reachable (%r); retrying in %.1fs",
             self.config.kafka.bootstrap_servers, exc, delay, exc_info=not expected,
@@ -394,9 +409,12 @@ class Sidecar:
         problem = entry.lookup.problem
         assert problem is not None
         self.metrics.bad_input.labels(topic, problem).inc()
-        log.warning(
-            "record %s[%d]@%d: %s, decided %s", topic, record.partition, record.offset, problem, entry.decision
-        )
+        held = self._bad_baggage_logs.allow((topic, problem))
+        if held is not None:
+            log.warning(
+                "record %s[%d]@%d: %s, decided %s%s",
+                topic, record.partition, record.offset, problem, entry.decision, held_back(held),
+            )
 
     # -- partitions and commits ------------------------------------------------------------------
 
@@ -462,14 +480,8 @@ class Sidecar:
     # -- admin views -------------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        checks = {
-            "group_joined": self.listener.joined,
-            "routes_synced": self.table.synced and not (self.routes_gate is not None and self.routes_gate.behind),
-            "app_healthy": self.health.healthy,
-            "stopping": self._stopping.is_set(),
-        }
-        ready = checks["group_joined"] and checks["routes_synced"] and checks["app_healthy"] and not checks["stopping"]
-        return bool(ready), checks
+        """(ready, the checks): see :mod:`proxy.sidecar.readiness`."""
+        return self.ready.checks()
 
     def readiness_detail(self) -> dict[str, Any]:
         """Stalled partitions, for ``/readyz``. They do not fail readiness: Kafka does not route by
@@ -478,7 +490,8 @@ class Sidecar:
         be fixing. It is reported here and by ``ktp_partition_stalled`` for alerting."""
         return self.gauges.stalled_detail()
 
-    def _routes_view(self) -> dict[str, Any]:
+    def routes_view(self) -> dict[str, Any]:
+        """The route table, its version and sync state, for ``/routes``."""
         return {"source": self.route_source.describe(), **self.table.snapshot()}
 
     def decisions(self) -> list[dict[str, Any]]:

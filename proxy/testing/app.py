@@ -6,6 +6,7 @@ Its answers can be scripted (``answer``) to exercise retries and dead letters.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ssl
 from collections.abc import Callable
@@ -121,3 +122,38 @@ class RecordingApp:
             except TimeoutError:
                 pass
         return self.received
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m proxy.testing.app``: an app that prints each delivery, for trying by hand."""
+    parser = argparse.ArgumentParser(
+        prog="python -m proxy.testing.app",
+        description="Take deliveries on http://127.0.0.1:PORT/events, answer 200 and print each one.",
+    )
+    parser.add_argument("--port", type=int, default=8081, help="loopback port to listen on")
+    parser.add_argument("--name", default="app", help="printed before each delivery")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def show(seen: Received, _: int) -> tuple[int, dict[str, str], bytes]:
+        where = f"{seen.topic}[{seen.partition}]@{seen.offset}"
+        print(f"{args.name}: {where} baggage={seen.headers.get('baggage', '')!r} body={seen.body[:200]!r}", flush=True)
+        return 200, {}, b""
+
+    async def serve() -> None:
+        async with RecordingApp(args.name, answer=show, port=args.port) as app:
+            print(f"{args.name} listening on {app.url}", flush=True)
+            await asyncio.Event().wait()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

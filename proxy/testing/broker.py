@@ -15,6 +15,7 @@ connection, bootstrap and metadata-advertised alike, is TLS (the Kafka client se
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import socket
@@ -165,3 +166,50 @@ class EmbeddedBroker:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m proxy.testing.broker``: the embedded broker for trying things by hand."""
+    parser = argparse.ArgumentParser(
+        prog="python -m proxy.testing.broker",
+        description="Run the embedded Kafka-protocol broker (Tansu, in memory) until Ctrl-C.",
+    )
+    parser.add_argument("--port", type=int, default=9092, help="loopback port to listen on")
+    parser.add_argument(
+        "--topic", action="append", default=[], metavar="NAME:PARTITIONS",
+        help="create this topic once the broker listens (repeatable), e.g. orders:2",
+    )
+    return parser
+
+
+async def _create_topics(bootstrap_servers: str, specs: list[tuple[str, int]]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1) for name, partitions in specs])
+    finally:
+        await admin.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    specs = []
+    for spec in args.topic:
+        name, _, partitions = spec.partition(":")
+        specs.append((name, int(partitions or "1")))
+    with EmbeddedBroker(port=args.port) as broker:
+        if specs:
+            asyncio.run(_create_topics(broker.bootstrap_servers, specs))
+        print(f"broker listening on {broker.bootstrap_servers}; topics: {', '.join(args.topic) or 'none'}; Ctrl-C stops it", flush=True)
+        try:
+            while broker.running:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

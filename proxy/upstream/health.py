@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -49,10 +51,17 @@ class AppHealth:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
+        # The last probe's result in words, and when (wall clock), for /readyz.
+        self.last_probe = "not probed yet"
+        self.last_probe_at: float | None = None
+
+    @property
+    def target(self) -> str:
+        """What is probed: the health URL, or the app's TCP address."""
+        return self.health_url or f"tcp://{self.host}:{self.port}"
 
     def __repr__(self) -> str:
-        target = self.health_url or f"tcp://{self.host}:{self.port}"
-        return f"AppHealth(target={target!r}, healthy={self.healthy})"
+        return f"AppHealth(target={self.target!r}, healthy={self.healthy})"
 
     @property
     def healthy(self) -> bool:
@@ -64,6 +73,7 @@ class AppHealth:
     def mark_unhealthy(self, why: str) -> None:
         """A delivery could not reach the app: stop until the probe says otherwise."""
         if self.healthy:
+            self._record(f"a delivery failed: {why}")
             log.warning("app marked unhealthy: %s", why)
             self._set(False)
             self._wake.set()
@@ -93,21 +103,31 @@ class AppHealth:
             self._session = None
 
     async def probe(self) -> bool:
-        """One probe of the app; True when it answers."""
+        """One probe of the app; True when it answers. :attr:`last_probe` says what it found."""
         if self._session is not None and self.health_url:
             import aiohttp
 
+            from proxy.errors import connect_error_reason
+
             try:
                 async with self._session.get(self.health_url) as response:
-                    return 200 <= response.status < 300
-            except (TimeoutError, aiohttp.ClientError, OSError):
+                    ok = 200 <= response.status < 300
+                    self._record(f"GET {self.health_url} answered {response.status}")
+                    return ok
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                self._record(f"GET {self.health_url} failed: {connect_error_reason(exc)}")
                 return False
         try:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port), PROBE_TIMEOUT
             )
-        except (TimeoutError, OSError):
+        except (TimeoutError, OSError) as exc:
+            why = f"timed out after {PROBE_TIMEOUT}s" if isinstance(exc, TimeoutError) else (
+                os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            )
+            self._record(f"TCP connect to {self.host}:{self.port} failed: {why}")
             return False
+        self._record(f"TCP connect to {self.host}:{self.port} succeeded")
         writer.close()
         try:
             await writer.wait_closed()
@@ -119,7 +139,11 @@ class AppHealth:
         while True:
             ok = await self.probe()
             if ok != self.healthy:
-                log.info("app is %s", "healthy" if ok else "not healthy")
+                if ok:
+                    log.info("app is healthy (%s)", self.last_probe)
+                else:
+                    # Deliveries stop until it answers again: worth a WARNING, once per change.
+                    log.warning("app is not healthy, deliveries wait: %s", self.last_probe)
                 self._set(ok)
             self._wake.clear()
             try:
@@ -127,6 +151,10 @@ class AppHealth:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    def _record(self, result: str) -> None:
+        self.last_probe = result
+        self.last_probe_at = time.time()
 
     def _set(self, healthy: bool) -> None:
         if healthy:

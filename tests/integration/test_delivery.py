@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 from pathlib import Path
 
 import aiohttp
@@ -151,6 +152,9 @@ async def test_readyz_is_503_until_the_app_answers(bootstrap_servers: str, topic
         await asyncio.sleep(2.0)  # long enough to join the group and fetch, were it not gated
         status, body = await get_json(url)
         assert status == 503 and body["checks"]["app_healthy"] is False
+        # Says why in words, with the address probed and the last probe's result.
+        why = body["reasons"]["app_healthy"]
+        assert f"tcp://127.0.0.1:{app.port}" in why and "connection refused" in why, why
         async with app:
             for _ in range(100):
                 status, body = await get_json(url)
@@ -158,7 +162,11 @@ async def test_readyz_is_503_until_the_app_answers(bootstrap_servers: str, topic
                     break
                 await asyncio.sleep(0.1)
             assert status == 200, body
-            assert body["checks"] == {"group_joined": True, "routes_synced": True, "app_healthy": True, "stopping": False}
+            assert body["checks"] == {
+                "group_joined": True, "partitions_positioned": True, "routes_synced": True, "app_healthy": True,
+                "stopping": False,
+            }
+            assert body["reasons"] == {}
             await app.wait_for(1)
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{sidecar.admin.port}/healthz") as response:
@@ -312,6 +320,25 @@ async def test_dead_letters_off_drops_after_a_log_line_and_a_metric(
     assert "ktp_dead_letters_total{" not in metrics
     assert any(r.levelname == "ERROR" and "dead letters are off, dropped" in r.getMessage() for r in caplog.records)
     assert await read_all(bootstrap_servers, f"{topic}.dlq") == []
+
+
+async def test_unreadable_baggage_on_every_record_is_counted_each_time_and_logged_once(
+    bootstrap_servers: str, topic: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A producer whose every record carries a different unreadable baggage (each one a miss of
+    the decision memo): all delivered to baseline, each counted, one log line per interval."""
+    n = 200
+    records = [(None, str(i).encode(), [("baggage", b"tenant=caf\xc3\xa9" + str(i).encode())]) for i in range(n)]
+    await produce(bootstrap_servers, topic, records)
+    caplog.set_level(logging.WARNING, logger="proxy.sidecar.runtime")
+    async with RecordingApp() as app:
+        config = sidecar_config(bootstrap_servers, topic, app.url, routes_file(tmp_path))
+        async with Sidecar(config) as sidecar:
+            await app.wait_for(n)
+            metrics = sidecar.metrics.render().decode()
+    assert f'ktp_bad_input_total{{kind="tenant_invalid",topic="{topic}"}} {float(n)}' in metrics
+    lines = [r.getMessage() for r in caplog.records if "tenant_invalid" in r.getMessage()]
+    assert len(lines) == 1, lines
 
 
 async def test_a_stalled_partition_is_reported_not_unready(bootstrap_servers: str, topic: str, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Route service + kafka: route source + baseline and sandbox sidecars, on the real broker.
 
-The seeds' scenario end to end: tenants routed through the API, records judged by the routes in
+The shared-environment scenario end to end: tenants routed through the API, records judged by the routes in
 force at their time, sandbox groups positioned and cleaned up by the route lifecycle. Each test
 runs with the default route lead (writers wait until the change is in force, as ``ktp tenant put
 --wait`` does) and with lead 0 (records follow the write at once: what an older route service
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -135,7 +136,7 @@ async def test_seeds_scenario_each_record_handled_once(
     in_sandbox = set(bodies(sandbox_app))
     wrong_place = {b for b in in_sandbox if int(b.split("/")[0][1:]) % 2 == 1 or b.startswith("none")}
     print(
-        f"seeds scenario: records={len(expected)} baseline={len(base_app.received)} "
+        f"shared-environment scenario: records={len(expected)} baseline={len(base_app.received)} "
         f"sandbox={len(sandbox_app.received)} twice={twice} nobody={nobody} misrouted={len(wrong_place)}"
     )
     assert (twice, nobody, len(wrong_place)) == (0, 0, 0)
@@ -197,6 +198,37 @@ async def test_deleting_a_tenant_returns_it_to_baseline_and_removes_the_sandbox_
     assert set(bodies(base_app)) == {f"back/{n}" for n in range(40)}
     # The baseline group is never touched by the clean-up.
     assert any(v is not None for v in (await committed(bootstrap_servers, f"g-{topic}", topic)).values())
+
+
+async def test_a_sandbox_group_with_members_is_not_deleted_until_its_pods_stop(
+    bootstrap_servers: str, topic: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The tenant is deleted while its sandbox still runs: the group keeps its member and its
+    offsets (the embedded broker would accept DeleteGroups for it); once the sandbox stops, the
+    group is deleted."""
+    caplog.set_level(logging.INFO, logger="proxy")
+    group = f"g-{topic}-pr-9"
+    async with route_service(bootstrap_servers, topic, tmp_path) as routes:
+        await routes.put("123", {SERVICE: "pr-9"})
+        async with RecordingApp("C''") as sandbox_app:
+            async with sidecar(bootstrap_servers, topic, sandbox_app, sandbox="pr-9") as sandboxed:
+                await eventually(lambda: _ready(sandboxed), what="sandbox ready")
+                await produce(bootstrap_servers, topic, [(None, f"routed/{n}".encode(), baggage("123")) for n in range(20)])
+                await sandbox_app.wait_for(20)
+                await eventually(lambda: _has_commits(bootstrap_servers, group, topic), what="sandbox commits")
+                member = sandboxed.listener.consumer._coordinator.member_id
+                await routes.delete("123")
+                await asyncio.sleep(3.0)  # six clean-up rounds
+                assert await _has_commits(bootstrap_servers, group, topic), "deleted while it had a member"
+                assert sandboxed.listener.consumer._coordinator.member_id == member
+                assert not sandboxed.listener.membership_lost
+            await eventually(
+                lambda: _no_commits(bootstrap_servers, group, topic), timeout=30, what="sandbox group deleted"
+            )
+    # Partitions are written topic[partition] in our log lines, never as aiokafka's reprs.
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("proxy.")]
+    assert any("new sandbox group starts at" in line for line in ours)
+    assert not [line for line in ours if "TopicPartition(" in line]
 
 
 async def _ready(*sidecars: Sidecar) -> bool:

@@ -18,7 +18,7 @@ from proxy.sidecar.runtime import Sidecar
 from proxy.testing.app import Received
 from proxy.testing.broker import free_port
 
-# Tenant 123 is routed to sandbox pr-42 for both services of the seeds' B'' → Kafka → C'' hop.
+# Tenant 123 is routed to sandbox pr-42 for both services of the B'' → Kafka → C'' hop.
 ROUTES = 'tenants:\n  "123": {orders-worker: pr-42, billing-worker: pr-42}\n'
 
 

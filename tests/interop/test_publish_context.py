@@ -1,4 +1,4 @@
-"""The seeds' B'' → Kafka → C'' hop with no OpenTelemetry in the app: what the sandboxed
+"""The B'' → Kafka → C'' hop with no OpenTelemetry in the app: what the sandboxed
 producer publishes through its sidecar keeps the tenant, so baseline C skips it and sandbox C''
 handles it."""
 

@@ -146,6 +146,7 @@ def test_injector_env_is_a_valid_injector_config(
     assert template.security_protocol == kafka["securityProtocol"]
     assert template.native_sidecar == values.get("sidecar", {}).get("nativeSidecar", True)
     assert template.probes == values.get("sidecar", {}).get("probes", "http")
+    assert template.app_max_concurrency == values.get("sidecar", {}).get("appMaxConcurrency")
     secret = kafka.get("sasl", {}).get("passwordSecret")
     assert (template.sasl_password_secret is None) == (secret is None)
     assert config.listen == ("0.0.0.0", 8443)

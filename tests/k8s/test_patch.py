@@ -160,6 +160,16 @@ def test_injector_wide_regular_containers_and_pod_override_back_to_native() -> N
     assert sidecar_of(apply(pod, plan(pod, template)))["restartPolicy"] == "Always"
 
 
+def test_app_max_concurrency_from_the_injector_and_the_pod() -> None:
+    assert "KTP_APP_MAX_CONCURRENCY" not in env_of(sidecar_of(apply(consumer_pod(), plan(consumer_pod(), TEMPLATE))))
+    template = SidecarTemplate(image="i", bootstrap_servers="k:9092", app_max_concurrency=1)
+    assert env_of(sidecar_of(apply(consumer_pod(), plan(consumer_pod(), template))))["KTP_APP_MAX_CONCURRENCY"] == "1"
+    pod = with_annotations(app_max_concurrency="4")
+    assert env_of(sidecar_of(apply(pod, plan(pod, template))))["KTP_APP_MAX_CONCURRENCY"] == "4"
+    bad = with_annotations(app_max_concurrency="0")
+    assert "kafka-tenant-proxy.io/app-max-concurrency" in str(plan(bad, template))
+
+
 def test_existing_init_containers_volumes_and_no_labels() -> None:
     pod = consumer_pod(
         initContainers=[{"name": "migrate", "image": "migrate:1"}],

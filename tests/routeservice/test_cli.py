@@ -99,7 +99,14 @@ async def test_tenant_commands(service: RouteService, token_file: str, tmp_path:
     wrong = tmp_path / "wrong"  # type: ignore[operator]
     wrong.write_text("nope")
     code, out, err = await ktp("tenant", "put", "9", "--route", "a=b", env={**env, "KTP_TOKEN_FILE": str(wrong)})
-    assert code == 1 and "401" in err and "token" in err
+    assert code == 1 and "401" in err and "token given was refused" in err and "--token-file" in err
+
+    # A read without a token (reads need one by default): says both ways out, in one line.
+    code, out, err = await ktp("tenant", "list", "--server", service.url)
+    assert code == 1 and "401" in err, err
+    assert "--token-file FILE" in err and "--public-reads true" in err and len(err.strip().splitlines()) == 1, err
+    code, out, err = await ktp("tenant", "list", env={**env, "KTP_TOKEN_FILE": str(wrong)})
+    assert code == 1 and "token given was refused" in err and "--read-token-file" in err, err
 
     # Bad arguments: exit 2, nothing sent.
     code, out, err = await ktp("tenant", "put", "9", "--route", "a", env=env)
@@ -110,3 +117,4 @@ async def test_tenant_commands(service: RouteService, token_file: str, tmp_path:
     # Unreachable: exit 1, saying so.
     code, out, err = await ktp("tenant", "list", "--server", f"http://127.0.0.1:{free_port()}")
     assert code == 1 and "cannot reach the route service" in err
+    assert "connection refused" in err and "ssl:default" not in err, err

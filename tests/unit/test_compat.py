@@ -86,3 +86,27 @@ async def test_consumer_client_sends_requests_through_send() -> None:
     seen: list[object] = []
     compat.observe_fetches(consumer, lambda sent, answer: seen.append(answer), lambda: 0)
     assert consumer._client.send.__name__ == "observed"
+
+
+async def test_positions_and_first_generation_of_an_unstarted_consumer() -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+    assert compat.unpositioned_partitions(consumer) == frozenset()
+    assert compat.first_generation_member(consumer) is None
+
+
+async def test_assignment_state_keeps_positions() -> None:
+    from aiokafka import TopicPartition
+    from aiokafka.consumer.subscription_state import Assignment
+
+    tp = TopicPartition("t", 0)
+    assignment = Assignment([tp])
+    assert assignment.tps == frozenset([tp])
+    assert assignment.state_value(tp).has_valid_position is False
+
+
+def test_unpositioned_partitions_fails_loudly_when_missing() -> None:
+    class Bare:
+        pass
+
+    with pytest.raises(compat.CompatError, match="_subscription"):
+        compat.unpositioned_partitions(Bare())  # type: ignore[arg-type]

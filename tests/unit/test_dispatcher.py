@@ -15,6 +15,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from proxy.delivery.dispatcher import Dispatcher
+from proxy.delivery.headers import forwarded_header_names
 from proxy.delivery.policy import RetryPolicy
 from proxy.listener.partitions import Partitions, PartitionState
 from proxy.metrics import Metrics
@@ -96,7 +97,12 @@ class RecordingPauser:
 
 
 def build(
-    app: ScriptedApp, *, ordering: str = "partition", max_attempts: int = 5, health: AlwaysHealthy | None = None
+    app: ScriptedApp,
+    *,
+    ordering: str = "partition",
+    max_attempts: int = 5,
+    health: AlwaysHealthy | None = None,
+    forwarded: frozenset[str] = frozenset(),
 ) -> tuple[Dispatcher, PartitionState, RecordingPauser, Metrics]:
     partitions = Partitions()
     partitions.add([TP])
@@ -111,7 +117,7 @@ def build(
         policy=RetryPolicy(max_attempts=max_attempts, initial=0.001, maximum=0.002),
         dead_letters=None,
         metrics=metrics,
-        forwarded_headers=frozenset(),
+        forwarded_headers=forwarded,
         ordering=ordering,
         max_in_flight=8,
         partitions=partitions,
@@ -217,3 +223,31 @@ async def test_settle_stops_a_revoked_partitions_lanes() -> None:
     assert 1 not in app.calls and state.offsets.position == 0
     assert pauser.events[-1] == ("resume", "retrying")
     assert await dispatcher.drain(1)
+
+
+async def test_bad_headers_are_counted_per_record_and_logged_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A producer that puts an unsafe header (and re-serializable baggage) on every record: each
+    one is counted, delivered with the tenant, and logged once per topic and kind per interval,
+    not once per record."""
+    app = ScriptedApp()
+    dispatcher, state, _, metrics = build(app, forwarded=forwarded_header_names())
+    headers = [("baggage", b"tenant=t1 "), ("traceparent", b"00-bad\r\nx: y")]
+    records = [
+        ConsumerRecord(
+            topic=TP.topic, partition=TP.partition, offset=n, timestamp=1_700_000_000_000 + n,
+            timestamp_type=0, key=None, value=b"v", checksum=None, serialized_key_size=0,
+            serialized_value_size=1, headers=headers,
+        )
+        for n in range(50)
+    ]
+    with caplog.at_level("WARNING", logger="proxy.delivery.dispatcher"):
+        submit(dispatcher, state, *records)
+        await dispatcher.drain(5.0)
+    assert len(app.calls) == 50 and state.offsets.position == 50
+    text = metrics.render().decode()
+    assert 'ktp_bad_input_total{kind="header_traceparent",topic="t"} 50.0' in text
+    lines = [r.getMessage() for r in caplog.records if r.name == "proxy.delivery.dispatcher"]
+    assert sum("baggage" in line and "re-serialized" in line for line in lines) == 1, lines
+    assert sum("'traceparent' not forwarded" in line for line in lines) == 1, lines

@@ -136,25 +136,3 @@ def test_several_baggage_headers_are_forwarded_as_one() -> None:
 def test_baggage_over_the_limits_is_not_forwarded_and_counted() -> None:
     sent, rejected, notes = _baggage([("baggage", b"tenant=1," + b"x=" + b"y" * 9000)])
     assert sent is None and rejected == ["baggage"] and "W3C limits" in notes[0]
-
-
-def test_rate_limited_log() -> None:
-    import logging
-
-    from proxy.delivery.dispatcher import RateLimitedLog
-
-    now = [0.0]
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger("test_rate_limited_log")
-    logger.addHandler(Collect())
-    limited = RateLimitedLog(logger, 10.0, clock=lambda: now[0])
-    assert limited.warning("a %d", 1)
-    assert not limited.warning("a %d", 2) and not limited.warning("a %d", 3)
-    now[0] = 10.0
-    assert limited.warning("a %d", 4)
-    assert lines == ["a 1", "a 4 (and 2 more like it in the last 10s)"]

@@ -50,3 +50,12 @@ def test_stall_timeout() -> None:
     assert parse([*REQUIRED, "--stall-timeout", "2.5"]).stall_timeout == 2.5
     with pytest.raises(ConfigError, match="--stall-timeout"):
         parse([*REQUIRED, "--stall-timeout", "0"])
+
+
+def test_app_max_concurrency_caps_deliveries_and_connections() -> None:
+    assert parse(REQUIRED).app_concurrency == parse(REQUIRED).max_in_flight
+    assert parse([*REQUIRED, "--app-max-concurrency", "1"]).app_concurrency == 1
+    assert parse(REQUIRED, {"KTP_APP_MAX_CONCURRENCY": "4"}).app_concurrency == 4
+    assert parse([*REQUIRED, "--max-in-flight", "2", "--app-max-concurrency", "8"]).app_concurrency == 2
+    with pytest.raises(ConfigError, match="app-max-concurrency"):
+        parse([*REQUIRED, "--app-max-concurrency", "0"])

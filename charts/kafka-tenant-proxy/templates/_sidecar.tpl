@@ -106,6 +106,10 @@ container first under containers instead of initContainers. Inside this chart, p
     - name: KTP_ROUTES
       value: {{ include "kafka-tenant-proxy.sidecarRoutes" $ctx | quote }}
     {{- end }}
+    {{- if and $v.sidecar.appMaxConcurrency (not (hasKey $opts "app-max-concurrency")) }}
+    - name: KTP_APP_MAX_CONCURRENCY
+      value: {{ $v.sidecar.appMaxConcurrency | toString | quote }}
+    {{- end }}
     {{- if and (not (hasKey $opts "bulk-max-records")) (gt (int $v.sidecar.bulkMaxRecords) 0) }}
     - name: KTP_BULK_MAX_RECORDS
       value: {{ $v.sidecar.bulkMaxRecords | toString | quote }}
