@@ -73,13 +73,15 @@ async def handrolled(url: str, batch: Batch) -> float:
     return spent
 
 
-async def sidecar(url: str, batch: Batch, routes: Path) -> float:
+async def sidecar(url: str, batch: Batch, routes: Path, bulk: int = 0) -> float:
     """CPU seconds of a sidecar's dispatcher delivering ``batch`` (as ``Sidecar._handle`` hands
-    records over); the sidecar is built as ``ktp sidecar`` builds it, but not connected to Kafka."""
+    records over); the sidecar is built as ``ktp sidecar`` builds it, but not connected to Kafka.
+    ``bulk``: its ``--bulk-max-records`` (0: single deliveries)."""
     config = SidecarConfig(
         kafka=KafkaConnection(bootstrap_servers="127.0.0.1:9"), service=workload.SERVICE, group="bench",
         topics=(TOPIC,), app_url=url, routes=f"file:{routes}",
         admin_addr=("127.0.0.1", 0), metrics_addr=("127.0.0.1", 0), publish_addr=("127.0.0.1", 0),
+        bulk_max_records=bulk,
     )
     runtime = Sidecar(config)
     await runtime.upstream.start()
@@ -126,6 +128,8 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--passes", type=int, default=5, help="passes of each, alternating")
     parser.add_argument("--calls", action="store_true", help="also count Python calls per record (cProfile)")
+    parser.add_argument("--bulk", type=int, default=0, metavar="N",
+                        help="also the sidecar with --bulk-max-records N, as a ratio of its single deliveries")
     args = parser.parse_args()
     import uvloop
 
@@ -146,19 +150,32 @@ def main() -> None:
             warm = make_records(2_000)
             loop.run_until_complete(handrolled(app.url, warm))
             loop.run_until_complete(sidecar(app.url, warm, routes))
+            if args.bulk:
+                loop.run_until_complete(sidecar(app.url, warm, routes, args.bulk))
             raw: list[float] = []
             ours: list[float] = []
+            bulked: list[float] = []
             for _ in range(args.passes):
                 raw.append(loop.run_until_complete(handrolled(app.url, batch)) / args.records * 1e6)
                 ours.append(loop.run_until_complete(sidecar(app.url, batch, routes)) / args.records * 1e6)
+                if args.bulk:
+                    bulked.append(loop.run_until_complete(sidecar(app.url, batch, routes, args.bulk)) / args.records * 1e6)
             print(f"delivery path, {args.records:,} records on {PARTITIONS} partitions, {args.passes} passes each "
                   f"(CPU us per record, median / best)")
             print(f"  hand-rolled connection (baseline)  {statistics.median(raw):6.1f} / {min(raw):6.1f}")
             print(f"  sidecar dispatcher + upstream      {statistics.median(ours):6.1f} / {min(ours):6.1f}   "
                   f"{statistics.median(ours) / statistics.median(raw):.2f}x / {min(ours) / min(raw):.2f}x hand-rolled")
+            if bulked:
+                print(f"  sidecar, bulks of {args.bulk:<3}              {statistics.median(bulked):6.1f} / {min(bulked):6.1f}   "
+                      f"{statistics.median(bulked) / statistics.median(ours):.2f}x / {min(bulked) / min(ours):.2f}x single deliveries")
             if args.calls:
-                for name, run in (("hand-rolled connection", lambda: handrolled(app.url, batch)),
-                                  ("sidecar dispatcher + upstream", lambda: sidecar(app.url, batch, routes))):
+                runs: list[tuple[str, Callable[[], Awaitable[float]]]] = [
+                    ("hand-rolled connection", lambda: handrolled(app.url, batch)),
+                    ("sidecar dispatcher + upstream", lambda: sidecar(app.url, batch, routes)),
+                ]
+                if args.bulk:
+                    runs.append((f"sidecar, bulks of {args.bulk}", lambda: sidecar(app.url, batch, routes, args.bulk)))
+                for name, run in runs:
                     per_record, lines = calls_per_record(args.records, run, top=12)
                     print(f"\n{name}: {per_record:.1f} Python calls per record; busiest functions (share of own time under cProfile, calls per record):")
                     print("\n".join(lines))

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections import deque
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from proxy.delivery import bulk, cloudevents
+from proxy.delivery.bulk_entry import EntryWriter
 from proxy.delivery.headers import DEFAULT_CONTENT_TYPE
 from proxy.delivery.envelope import DeliveryEnvelope, DeliveryScope
 from proxy.delivery.policy import Outcome, RetryPolicy, classify, parse_retry_after
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+_value = operator.attrgetter("value")
 
 
 class BulkLane(Protocol):
@@ -60,6 +63,10 @@ class BulkLane(Protocol):
 class LaneHost(Protocol):
     """What a bulk lane needs from the dispatcher that runs it."""
 
+    #: Record headers copied to the app, and the baggage key of the tenant (entries' metadata).
+    forwarded_headers: frozenset[str]
+    tenant_key: str
+
     def request_headers(
         self, record: Record, envelope: DeliveryEnvelope | None
     ) -> tuple[dict[str, str], DeliveryScope | None]:
@@ -75,6 +82,9 @@ class LaneHost(Protocol):
     def record_done(self, state: PartitionState, offset: int) -> None:
         """A record is done: its partition's watermark may move past it."""
 
+    def records_done(self, state: PartitionState, offsets: list[int]) -> None:
+        """:meth:`record_done` for each of ``offsets``."""
+
     def retry_started(self, state: PartitionState) -> None:
         """A lane of ``state`` waits to retry (fetching it more only fills memory)."""
 
@@ -87,16 +97,43 @@ class LaneHost(Protocol):
         """Dead-letter a record (or drop it when dead letters are off)."""
 
 
-class _Entry:
-    """One record of a bulk, between the bulk's first POST and the record's end."""
+class _Bulk:
+    """The entries of one bulk not done yet, as parallel lists in offset order: one object per
+    bulk, not per record. An entry's delivery context is closed by its counter in ``numbers``
+    (0: none) or, for an entry of the general path, by its scope in ``scopes``."""
 
-    __slots__ = ("body", "id", "record", "scope")
+    __slots__ = ("bodies", "ids", "numbers", "records", "scopes")
 
-    def __init__(self, record: Record, entry_id: str, body: str, scope: DeliveryScope | None) -> None:
-        self.record = record
-        self.id = entry_id
-        self.body = body
-        self.scope = scope
+    def __init__(
+        self,
+        records: list[Record],
+        ids: list[str],
+        bodies: list[str],
+        numbers: list[int],
+        scopes: list[DeliveryScope | None] | None,
+    ) -> None:
+        self.records = records
+        self.ids = ids
+        self.bodies = bodies
+        self.numbers = numbers
+        self.scopes = scopes  # None: no entry has one
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def only(self, keep: list[int]) -> _Bulk:
+        """The entries at the indexes ``keep``."""
+        scopes = self.scopes
+        return _Bulk(
+            [self.records[i] for i in keep],
+            [self.ids[i] for i in keep],
+            [self.bodies[i] for i in keep],
+            [self.numbers[i] for i in keep],
+            None if scopes is None else [scopes[i] for i in keep],
+        )
+
+
+_NONE = _Bulk([], [], [], [], None)
 
 
 class BulkDelivery:
@@ -133,6 +170,8 @@ class BulkDelivery:
         self.cloudevents = cloudevents_format
         self.service = service
         self._requests: dict[tuple[str, str], BufferedCounter] = {}
+        # Made on the first bulk, from the forwarding rules of the dispatcher that runs the lanes.
+        self._writer: EntryWriter | None = None
 
     def __repr__(self) -> str:
         return (
@@ -166,9 +205,14 @@ class BulkDelivery:
     def _take(self, queue: deque[Record]) -> list[Record]:
         """The records at the head of the queue for one bulk: at most ``max_records``, and no
         more record bytes than one delivery may carry (``--max-record-bytes``), one at least."""
-        batch: list[Record] = []
-        size = 0
         limit = self.max_record_bytes
+        popleft = queue.popleft
+        batch = [popleft() for _ in range(min(len(queue), self.max_records))]
+        if sum(map(len, filter(None, map(_value, batch)))) <= limit:
+            return batch  # nearly always: a bulk's records together fit in one delivery
+        queue.extendleft(reversed(batch))
+        batch = []
+        size = 0
         while queue and len(batch) < self.max_records:
             value = queue[0].value
             length = len(value) if value is not None else 0
@@ -178,54 +222,80 @@ class BulkDelivery:
             size += length
         return batch
 
-    def _entry(self, host: LaneHost, record: Record) -> _Entry:
-        topic = record.topic
-        value = record.value
+    def _entries(self, host: LaneHost, records: list[Record]) -> _Bulk:
+        """The bulk's entries: the writer's for the usual record, else the general path's."""
+        writer = self._writer
+        if writer is None:
+            writer = self._writer = EntryWriter(
+                forwarded=host.forwarded_headers, tenant_key=host.tenant_key, envelope=self.envelope
+            )
+        first = records[0]
+        ids, written, numbers = writer.entries(
+            first.topic, first.partition, records, self._cloud_event_json if self.cloudevents else None
+        )
+        scopes: list[DeliveryScope | None] | None = None
+        bodies: list[str] = []
+        for index, body in enumerate(written):
+            if body is None:
+                if scopes is None:
+                    scopes = [None] * len(records)
+                body, scopes[index] = self._general_entry(host, records[index])
+            bodies.append(body)
+        return _Bulk(records, ids, bodies, numbers, scopes)
+
+    def _general_entry(self, host: LaneHost, record: Record) -> tuple[str, DeliveryScope | None]:
+        """An entry by the single delivery's headers (checked, counted and logged there), and
+        its envelope scope."""
         headers, scope = host.request_headers(record, self.envelope)
         content_type = headers["content-type"]
         if self.cloudevents:
-            event, left_out = bulk.cloud_event(
-                source=cloudevents.event_source(self.service, topic),
-                partition=record.partition,
-                offset=record.offset,
-                timestamp=record.timestamp,
-                key=record.key,
-                value=value,
-                record_headers=record.headers,
-                content_type=None if content_type == DEFAULT_CONTENT_TYPE else content_type,
-            )
-            if left_out:
-                self.metrics.bad_input.labels(topic, f"header_{cloudevents.REJECTED}").inc(left_out)
-                log.warning(
-                    "record %s[%d]@%d: %d CloudEvents attribute(s) left out (not UTF-8)",
-                    topic, record.partition, record.offset, left_out,
-                )
+            event_json = self._cloud_event_json(record, content_type)
             content_type = bulk.CLOUDEVENT_CONTENT_TYPE
-            event_json = bulk.event_json(event)
         else:
-            event_json = bulk.raw_event_json(value)
-        entry_id = bulk.entry_id(record.offset)
-        return _Entry(record, entry_id, bulk.entry_json(entry_id, event_json, content_type, headers), scope)
+            event_json = bulk.raw_event_json(record.value)
+        return bulk.entry_json(bulk.entry_id(record.offset), event_json, content_type, headers), scope
+
+    def _cloud_event_json(self, record: Record, content_type: str) -> str:
+        """An entry's ``event`` with ``--format cloudevents``: the record as a CloudEvent."""
+        topic = record.topic
+        event, left_out = bulk.cloud_event(
+            source=cloudevents.event_source(self.service, topic),
+            partition=record.partition,
+            offset=record.offset,
+            timestamp=record.timestamp,
+            key=record.key,
+            value=record.value,
+            record_headers=record.headers,
+            content_type=None if content_type == DEFAULT_CONTENT_TYPE else content_type,
+        )
+        if left_out:
+            self.metrics.bad_input.labels(topic, f"header_{cloudevents.REJECTED}").inc(left_out)
+            log.warning(
+                "record %s[%d]@%d: %d CloudEvents attribute(s) left out (not UTF-8)",
+                topic, record.partition, record.offset, left_out,
+            )
+        return bulk.event_json(event)
 
     async def _deliver(self, host: LaneHost, state: PartitionState, records: list[Record]) -> bool:
         """Deliver one bulk until every entry is done (True) or the partition is revoked."""
-        entries: list[_Entry] = []
-        for record in records:
-            if record.value is not None and len(record.value) > self.max_record_bytes:
-                await host.finish_undelivered(state, record, "value_too_large", 0, None)
-                host.record_done(state, record.offset)
-            else:
-                entries.append(self._entry(host, record))
-        if not entries:
-            return True
+        limit = self.max_record_bytes
+        sendable = [record for record in records if record.value is None or len(record.value) <= limit]
+        if len(sendable) < len(records):
+            for record in records:
+                if record.value is not None and len(record.value) > limit:
+                    await host.finish_undelivered(state, record, "value_too_large", 0, None)
+                    host.record_done(state, record.offset)
+            if not sendable:
+                return True
+        entries = self._entries(host, sendable)
         await host.acquire_slot(len(entries))
         try:
             return await self._attempts(host, state, entries)
         finally:
             host.release_slot(len(entries))
 
-    async def _attempts(self, host: LaneHost, state: PartitionState, entries: list[_Entry]) -> bool:
-        first = entries[0].record
+    async def _attempts(self, host: LaneHost, state: PartitionState, entries: _Bulk) -> bool:
+        first = entries.records[0]
         topic, partition = first.topic, first.partition
         counters = self.metrics.topic(topic)
         request_headers = {
@@ -240,15 +310,16 @@ class BulkDelivery:
             while not state.revoked:
                 if not self.health.healthy and not await state.wait_unless_revoked(self.health.wait_healthy()):
                     return False
-                body = bulk.encode_body(topic, partition, [e.body for e in entries])
-                self._request(topic, "entries").inc(len(entries))
+                count = len(entries)
+                body = bulk.encode_body(topic, partition, entries.bodies)
+                self._request(topic, "entries").inc(count)
                 answer = None
                 retry_after: float | None = None
                 try:
                     answer = await self.upstream.post(body, request_headers)
                 except AppConnectError as exc:
                     # The app is not listening: no attempt is spent, the health gate holds us.
-                    counters.attempts("connection_refused").inc(len(entries))
+                    counters.attempts("connection_refused").inc(count)
                     self._request(topic, "connection_refused").inc()
                     self.health.mark_unhealthy(str(exc))
                     continue
@@ -272,23 +343,23 @@ class BulkDelivery:
                         dead_letter = verdict.outcome is Outcome.DEAD_LETTER
                         retry_after = parse_retry_after(answer.retry_after, time.time()) if answer.retry_after else None
                 if read is not None and read.all_ok:
-                    # Every entry taken: counted at once, then each is done.
-                    counters.attempts("ok").inc(len(entries))
-                    counters.delivered.inc(len(entries))
+                    # Every entry taken (nearly every bulk): counted at once, all done at once.
+                    counters.attempts("ok").inc(count)
+                    counters.delivered.inc(count)
                     self._request(topic, "ok").inc()
-                    done, entries = entries, []
-                    for entry in done:
-                        self._end(host, state, entry, attempts, status)
+                    done, entries = entries, _NONE
+                    host.records_done(state, [record.offset for record in done.records])
+                    self._close(done, attempts, status)
                     return True
-                undone: list[_Entry] = []
-                for entry in entries:
+                ended: list[int] = []
+                undone: list[int] = []
+                for index, (entry_id, record) in enumerate(zip(entries.ids, entries.records)):
                     if read is not None:
-                        verdict_of = read.verdicts[entry.id]
+                        verdict_of = read.verdicts[entry_id]
                         reason, outcome = verdict_of.reason, verdict_of.outcome
                     else:
                         reason, outcome = whole or "connection_error", bulk.EntryOutcome.RETRY
                     counters.attempts(reason).inc()
-                    record = entry.record
                     if outcome is bulk.EntryOutcome.DONE:
                         counters.delivered.inc()
                     elif outcome is bulk.EntryOutcome.DROP:
@@ -297,12 +368,16 @@ class BulkDelivery:
                     elif dead_letter or self.policy.exhausted(attempts):
                         await host.finish_undelivered(state, record, reason, attempts, status)
                     else:
-                        undone.append(entry)
+                        undone.append(index)
                         continue
-                    self._end(host, state, entry, attempts, status)
+                    ended.append(index)
+                if ended:
+                    done = entries.only(ended)
+                    host.records_done(state, [record.offset for record in done.records])
+                    self._close(done, attempts, status)
                 self._request(topic, self._outcome(whole, read, undone)).inc()
-                entries = undone
-                if not entries:
+                entries = entries.only(undone)
+                if not undone:
                     return True
                 if not retrying:
                     retrying = True
@@ -310,22 +385,22 @@ class BulkDelivery:
                 await state.sleep_unless_revoked(self.policy.delay(attempts, retry_after))
             return False
         finally:
-            for entry in entries:
-                if entry.scope is not None:  # abandoned by a revoke
-                    entry.scope.end(attempts, status)
-                    entry.scope = None
+            if len(entries):  # abandoned by a revoke: their contexts stay usable for the grace
+                self._close(entries, attempts, status)
             if retrying:
                 host.retry_ended(state)
 
-    @staticmethod
-    def _end(host: LaneHost, state: PartitionState, entry: _Entry, attempts: int, status: int | None) -> None:
-        host.record_done(state, entry.record.offset)
-        if entry.scope is not None:
-            entry.scope.end(attempts, status)
-            entry.scope = None
+    def _close(self, entries: _Bulk, attempts: int, status: int | None) -> None:
+        """End the delivery contexts (and spans) of ``entries``, which are over."""
+        if self.envelope is not None:
+            self.envelope.contexts.close_numbers([number for number in entries.numbers if number])
+        if entries.scopes is not None:
+            for scope in entries.scopes:
+                if scope is not None:
+                    scope.end(attempts, status)
 
-    def _read(self, topic: str, partition: int, body: bytes, content_type: str, entries: list[_Entry]) -> bulk.BulkAnswer:
-        sent = {entry.id for entry in entries}
+    def _read(self, topic: str, partition: int, body: bytes, content_type: str, entries: _Bulk) -> bulk.BulkAnswer:
+        sent = set(entries.ids)
         if not content_type.startswith("application/json"):
             read = bulk.BulkAnswer(dict.fromkeys(sent, bulk.ENTRY_MALFORMED), 0, (
                 f"the answer's content-type is {content_type[:60]!r}, not application/json"
@@ -343,7 +418,7 @@ class BulkDelivery:
         return read
 
     @staticmethod
-    def _outcome(whole: str | None, read: bulk.BulkAnswer | None, undone: list[_Entry]) -> str:
+    def _outcome(whole: str | None, read: bulk.BulkAnswer | None, undone: list[int]) -> str:
         if whole is not None:
             return whole
         if read is not None and read.problem is not None:

@@ -100,6 +100,18 @@ class DeliveryContexts:
         self._entries[counter] = tuple(flat)
         return f"{self._prefix}{counter}"
 
+    @property
+    def prefix(self) -> str:
+        """What every id of ours starts with; an id is the prefix and a counter."""
+        return self._prefix
+
+    def open_flat(self, flat: tuple[str, ...]) -> int:
+        """Register a delivery whose context is ``flat`` (name, value, name, value ...); returns
+        the id's counter."""
+        self.counter = counter = self.counter + 1
+        self._entries[counter] = flat
+        return counter
+
     def _shared(self, value: str) -> str:
         shared = self._baggage.get(value)
         if shared is None:
@@ -132,6 +144,27 @@ class DeliveryContexts:
             closed_at.popleft()
             self._entries.pop(order.popleft(), None)
 
+    def close_numbers(self, numbers: list[int]) -> None:
+        """:meth:`close_number` for each of ``numbers`` (a bulk's entries, done together)."""
+        if self.grace <= 0 or self.max_finished <= 0:
+            for number in numbers:
+                self._entries.pop(number, None)
+            return
+        entries = self._entries
+        numbers = [number for number in numbers if number in entries]
+        if not numbers:
+            return
+        now = self._clock()
+        closed_at = self._closed_at
+        if closed_at and closed_at[0] < now - self.grace:
+            self._prune(now)
+        order = self._order
+        order.extend(numbers)
+        closed_at.extend([now] * len(numbers))
+        while len(order) > self.max_finished:
+            closed_at.popleft()
+            entries.pop(order.popleft(), None)
+
     def get(self, delivery_id: str) -> Context | None:
         """The context of a delivery in flight or within its grace; None if unknown or expired."""
         number = self._number(delivery_id)
@@ -141,7 +174,9 @@ class DeliveryContexts:
         flat = self._entries.get(number)
         if flat is None:
             return None
-        return tuple(zip(flat[::2], flat[1::2]))
+        # By name: the order open_headers keeps, whichever way the entry was opened (open_flat
+        # keeps a record's own order).
+        return tuple(sorted(zip(flat[::2], flat[1::2])))
 
     def _number(self, delivery_id: str) -> int | None:
         """The counter of one of our ids, else None."""

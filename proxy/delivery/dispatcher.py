@@ -374,6 +374,10 @@ class Dispatcher:
         """A record of a bulk is done."""
         self.partitions.done(state, offset)
 
+    def records_done(self, state: PartitionState, offsets: list[int]) -> None:
+        """Records of a bulk are done."""
+        self.partitions.done_many(state, offsets)
+
     def retry_started(self, state: PartitionState) -> None:
         """A bulk of ``state``'s waits to retry: the partition is paused, as for single deliveries."""
         state.retrying += 1

@@ -84,6 +84,11 @@ class DeliveryEnvelope:
             f"tracing={self.tracing.enabled}, contexts={self.contexts!r})"
         )
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The headers a delivery's context is made of, in the order it keeps them."""
+        return self._fields
+
     def begin(
         self, record: ConsumerRecord[bytes, bytes], headers: dict[str, str], rejected: list[str]
     ) -> DeliveryScope:

@@ -58,6 +58,8 @@ RESERVED_PREFIXES = ("kafka-", "ktp-", "proxy-")
 _FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?")
 # What quote(key, safe="") leaves as it is: such a key is its own encoding.
 _UNRESERVED = re.compile(rb"[A-Za-z0-9_.~-]*")
+#: ``key_is_plain(key)`` is not None when ``key`` is its own ``kafka-key`` encoding (ASCII unreserved).
+key_is_plain = _UNRESERVED.fullmatch
 # content-type must look like a media type, not just any field value.
 _MEDIA_TYPE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*;[\x20-\x7e\t]*)?$")
 
@@ -155,6 +157,13 @@ def _content_type(value: bytes) -> str | None:
     if len(_CONTENT_TYPES) < _COPYABLE_MAX:
         _CONTENT_TYPES[bytes(value)] = sent
     return sent
+
+
+def content_type_sent(value: bytes) -> str | None:
+    """The ``content-type`` sent for a record's ``content-type`` header, None when it is not a
+    safe media type (cached)."""
+    sent = _CONTENT_TYPES.get(value, _UNKNOWN)
+    return _content_type(value) if sent == _UNKNOWN else sent
 
 
 def forwarded_baggage(raw: bytes, tenant_key: str) -> Forwarded:

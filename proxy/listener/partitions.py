@@ -99,6 +99,21 @@ class PartitionOffsets:
             del done[order.popleft()]
         self.position = order[0] if order else self._fetched_to
 
+    def done_many(self, offsets: list[int]) -> None:
+        """:meth:`done` for each of ``offsets`` (a bulk's records, done together)."""
+        done = self._done
+        changed = False
+        for offset in offsets:
+            if done.get(offset) is False:
+                done[offset] = True
+                changed = True
+        if not changed:
+            return  # abandoned by a revoke, or duplicate completions
+        order = self._order
+        while order and done[order[0]]:
+            del done[order.popleft()]
+        self.position = order[0] if order else self._fetched_to
+
     def abandon(self) -> None:
         """Forget outstanding records (partition revoked); the position stays where it is."""
         self._order.clear()
@@ -238,6 +253,13 @@ class Partitions:
         offsets = state.offsets
         offsets.done(offset)
         if state.backpressured and offsets.pending <= self.low:
+            self.release(state)
+
+    def done_many(self, state: PartitionState, offsets: list[int]) -> None:
+        """:meth:`done` for each of ``offsets``."""
+        offsets_of = state.offsets
+        offsets_of.done_many(offsets)
+        if state.backpressured and offsets_of.pending <= self.low:
             self.release(state)
 
     # -- commits -----------------------------------------------------------------------------
