@@ -92,9 +92,9 @@ async def sidecar(url: str, batch: Batch, routes: Path, bulk: int = 0) -> float:
     for tp, records in batch.items():
         state = runtime.partitions.get(tp)
         assert state is not None
-        for record in records:
-            state.offsets.begin(record.offset)
-            runtime.dispatcher.submit(state, record)
+        # As Sidecar._handle hands a batch over: tracked, then queued, all at once.
+        state.offsets.begin_many([record.offset for record in records])
+        runtime.dispatcher.submit_many(state, records)
         state.offsets.fetched_through(records[-1].offset)
     if not await runtime.dispatcher.drain(120):
         raise RuntimeError("the sidecar did not deliver every record within 120 s")

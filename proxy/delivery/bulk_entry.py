@@ -20,6 +20,7 @@ always takes the general path.
 from __future__ import annotations
 
 import json
+import operator
 import re
 from binascii import b2a_base64
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from proxy.delivery.headers import (
-    DEFAULT_CONTENT_TYPE, MAX_HEADER_VALUE, content_type_sent, forwarded_baggage, key_is_plain, never_forwarded,
+    DEFAULT_CONTENT_TYPE, MAX_HEADER_VALUE, content_type_sent, forwarded_baggage, never_forwarded,
 )
 from proxy.delivery.bulk import CLOUDEVENT_CONTENT_TYPE
 from proxy.telemetry.tracing import record_carrier
@@ -37,16 +38,29 @@ if TYPE_CHECKING:
 
     from proxy.delivery.envelope import DeliveryEnvelope
 
-# A safe HTTP field value (headers.py's _FIELD_VALUE: visible ASCII, inner spaces) that is also a
-# JSON string as it is: no '"', no '\\', no tab (a control character in JSON).
-_PLAIN_VALUE = re.compile(rb'(?:[\x21\x23-\x5b\x5d-\x7e](?:[\x20\x21\x23-\x5b\x5d-\x7e]*[\x21\x23-\x5b\x5d-\x7e])?)?')
+# A copied value that is a safe HTTP field value (headers.py's _FIELD_VALUE: visible ASCII and
+# spaces, no space at either end, at most MAX_HEADER_VALUE bytes) and a JSON string as it is: no
+# '"', no '\\', no tab (a control character in JSON). One regex call: cheaper than any checks
+# written out in Python.
+_PLAIN_VALUE = re.compile(
+    rb'(?:[\x21\x23-\x5b\x5d-\x7e](?:[\x20\x21\x23-\x5b\x5d-\x7e]{0,%d}[\x21\x23-\x5b\x5d-\x7e])?)?' % (MAX_HEADER_VALUE - 2)
+).fullmatch
 _PLAIN_TEXT = re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e]*')
+# What quote(key, safe="") leaves as it is (headers.py's _UNRESERVED): such a key is its own kafka-key.
+_PLAIN_KEY = re.compile(rb"[A-Za-z0-9_.~-]*").fullmatch
+_OFFSET = operator.attrgetter("offset")
+# A baggage string and a content type cached as needing the general path: true values, so that a
+# look-up `cache.get(raw) or compute(raw)` computes only what is not cached yet.
+_GENERAL: tuple[str, str] = ("", "")
+_NOT_PLAIN = "\0"
+_NO_FIELDS: frozenset[str] = frozenset()
 
 # What a record header name is to the writer (cached by name): the lower-case name it is copied
 # under, or _SKIP when it is not copied at all.
 _SKIP = ""
 _BAGGAGE = "baggage"
 _CONTENT_TYPE = "content-type"
+_OTHER_TRACE = "\0trace"  # compared by identity, as _SKIP: never a name we copy
 # Caches keyed by what producers repeat (names, baggage strings, content types) are bounded:
 # started over when full, so records with ever new values cannot grow them.
 _CACHE_MAX = 1024
@@ -70,10 +84,11 @@ class EntryWriter:
         self.tenant_key = tenant_key
         self._kinds: dict[str, str] = {}
         self._bases: dict[tuple[str, int], str] = {}
-        # record baggage-string -> '"baggage":"..."' (None: the general path says why it is not sent as is)
-        self._baggage: dict[bytes, tuple[str, str] | None] = {}
-        # record content-type -> the content type sent (None: the general path)
-        self._content_types: dict[bytes, str | None] = {}
+        # record baggage-string -> ('"baggage":"..."', the header) or _GENERAL (the general path says
+        # why it is not sent as it is)
+        self._baggage: dict[bytes, tuple[str, str]] = {}
+        # record content-type -> the content type sent, or _NOT_PLAIN (the general path)
+        self._content_types: dict[bytes, str] = {}
         if envelope is None:
             self._contexts = None
             self._prefix = ""
@@ -107,110 +122,130 @@ class EntryWriter:
         the entry (0: no envelope); the caller closes it with ``DeliveryContexts.close_numbers``.
         One call per bulk, the loop written out: it runs for every record delivered in bulks.
         """
-        ids = [str(record.offset) for record in records]
+        ids = list(map(str, map(_OFFSET, records)))
         if self._tracing is not None and self._tracing.enabled:
             return ids, [None] * len(records), [0] * len(records)
         base = self._bases.get((topic, partition))
         if base is None:
             base = self._base(topic, partition)
+        # Locals: the loop below runs for every record delivered in bulks.
         kinds = self._kinds
         content_types = self._content_types
         baggages = self._baggage
         context_names = self._context_names
         baggage_in_context = _BAGGAGE in context_names
         propagation = self._propagation
+        written_fields = propagation.written_fields if propagation is not None else _NO_FIELDS
         contexts = self._contexts
         prefix = self._prefix
-        plain_value = _PLAIN_VALUE.fullmatch
+        plain_value = _PLAIN_VALUE
+        plain_key = _PLAIN_KEY
+        skip, other_trace_kind, baggage_kind, content_type_kind = _SKIP, _OTHER_TRACE, _BAGGAGE, _CONTENT_TYPE
+        default_content_type = DEFAULT_CONTENT_TYPE
+        # The contexts are registered after the loop, all at once, under the counters reserved here.
+        first = next_number = contexts.counter + 1 if contexts is not None else 0
+        flats: list[tuple[str, ...]] = []
         bodies: list[str | None] = []
-        numbers: list[int] = []
+        left = 0
         for record, offset in zip(records, ids):
-            content_type = DEFAULT_CONTENT_TYPE
-            content_type_seen = False
+            content_type = default_content_type  # identity tells "no content-type header yet"
+            other_trace = False
             baggage_raw: bytes | None = None
             copied = ""
             found: dict[str, str] = {}
             context: tuple[str, ...] = ()
-            plain = True
             for name, value in record.headers:
                 lowered = kinds.get(name)
                 if lowered is None:
                     lowered = self._kind(name)
-                if lowered is _SKIP:
+                if lowered is skip:
                     continue
-                if lowered == _BAGGAGE:
+                if lowered is baggage_kind:
                     if value:
                         baggage_raw = value if baggage_raw is None else baggage_raw + b"," + value
                     continue
-                if value is None:
-                    plain = False
-                    break
-                if lowered == _CONTENT_TYPE:
-                    if content_type_seen:
-                        continue  # first occurrence wins
-                    content_type_seen = True
-                    sent = content_types.get(value, _SKIP)
-                    if sent is _SKIP:
-                        sent = self._content_type(value)
-                    if sent is None:
-                        plain = False
-                        break
-                    content_type = sent
+                if lowered is other_trace_kind:
+                    other_trace = True  # trace context the general path may translate
                     continue
-                if lowered in found or len(value) > MAX_HEADER_VALUE or plain_value(value) is None:
-                    plain = False
+                if value is None:
+                    break
+                if lowered is content_type_kind:
+                    if content_type is default_content_type:  # the first occurrence wins
+                        content_type = content_types.get(value) or self._content_type(value)
+                        if content_type is _NOT_PLAIN:
+                            break
+                    continue
+                if plain_value(value) is None or lowered in found:
                     break
                 text = value.decode("ascii")
                 found[lowered] = text
                 copied += f',"{lowered}":"{text}"'
                 if lowered in context_names:
                     context += (lowered, text)
-            if baggage_raw is not None and plain:
-                sent_baggage = baggages.get(baggage_raw, _SKIP)
-                if sent_baggage is _SKIP:
-                    sent_baggage = self._forwarded_baggage(baggage_raw)
-                if sent_baggage is None:
-                    plain = False
-                else:
+            else:
+                if baggage_raw is not None:
+                    sent_baggage = baggages.get(baggage_raw) or self._forwarded_baggage(baggage_raw)
+                    if sent_baggage is _GENERAL:
+                        bodies.append(None)
+                        left += 1
+                        continue
                     copied += sent_baggage[0]
                     if baggage_in_context:
-                        context += (_BAGGAGE, sent_baggage[1])
-            if (
-                not plain
-                # No trace context in a configured format: the general path translates another one.
-                or propagation is not None
-                and propagation.written_fields.isdisjoint(found)
-                and propagation.translate(record_carrier(record.headers, propagation.trace_fields))
-            ):
-                bodies.append(None)
-                numbers.append(0)
-                continue
-            key = record.key
-            if key is not None:
-                copied = (
-                    f',"kafka-key":"{key.decode("ascii") if key_is_plain(key) is not None else quote(key, safe="")}"'
-                    + copied
+                        context += (baggage_kind, sent_baggage[1])
+                if (
+                    (other_trace or found)
+                    and propagation is not None
+                    and written_fields.isdisjoint(found)
+                    # No trace context in a configured format but some in another: the general
+                    # path translates it (DeliveryEnvelope.begin).
+                    and propagation.translate(record_carrier(record.headers, propagation.trace_fields))
+                ):
+                    bodies.append(None)
+                    left += 1
+                    continue
+                key = record.key
+                value = record.value
+                if event is not None:
+                    event_json = event(record, content_type)
+                elif value is not None:
+                    event_json = f'"{b2a_base64(value, newline=False).decode("ascii")}"'
+                else:
+                    event_json = '""'
+                if value is None:
+                    copied += ',"kafka-tombstone":"true"'
+                if contexts is not None:
+                    flats.append(context)
+                    copied += f',"ktp-delivery":"{prefix}{next_number}"'
+                    next_number += 1
+                bodies.append(
+                    f'{{"entryId":"{offset}","event":{event_json},'
+                    f'"contentType":"{content_type if event is None else CLOUDEVENT_CONTENT_TYPE}",'
+                    f'"metadata":{{"content-type":"{content_type}",{base}"kafka-offset":"{offset}",'
+                    f'"kafka-timestamp":"{record.timestamp}"'
+                    + (
+                        ""
+                        if key is None
+                        else f',"kafka-key":"{key.decode("ascii") if plain_key(key) is not None else quote(key, safe="")}"'
+                    )
+                    + f"{copied}}}}}"
                 )
-            value = record.value
-            if value is None:
-                copied += ',"kafka-tombstone":"true"'
-            if contexts is None:
-                number = 0
+                continue
+            bodies.append(None)  # a header needs the general path
+            left += 1
+        if contexts is None:
+            return ids, bodies, [0] * len(bodies)
+        if flats:
+            assert contexts.open_many(flats) == first, "delivery contexts opened while entries were written"
+        if not left:
+            return ids, bodies, list(range(first, next_number))
+        numbers = []
+        number = first
+        for body in bodies:
+            if body is None:
+                numbers.append(0)
             else:
-                number = contexts.open_flat(context)
-                copied += f',"ktp-delivery":"{prefix}{number}"'
-            numbers.append(number)
-            if event is None:
-                event_json = f'"{b2a_base64(value, newline=False).decode("ascii")}"' if value else '""'
-                entry_content_type = content_type
-            else:
-                event_json = event(record, content_type)
-                entry_content_type = CLOUDEVENT_CONTENT_TYPE
-            bodies.append(
-                f'{{"entryId":"{offset}","event":{event_json},"contentType":"{entry_content_type}",'
-                f'"metadata":{{"content-type":"{content_type}",{base}"kafka-offset":"{offset}",'
-                f'"kafka-timestamp":"{record.timestamp}"{copied}}}}}'
-            )
+                numbers.append(number)
+                number += 1
         return ids, bodies, numbers
 
     def _base(self, topic: str, partition: int) -> str:
@@ -225,27 +260,35 @@ class EntryWriter:
         lowered = name.lower() if name.isascii() else None
         if lowered is None or never_forwarded(lowered):
             kind = _SKIP
-        elif lowered == _CONTENT_TYPE or lowered in self.forwarded:
+        elif lowered == _CONTENT_TYPE:
+            kind = _CONTENT_TYPE  # the constant itself: the loop compares kinds by identity
+        elif lowered == _BAGGAGE and lowered in self.forwarded:
+            kind = _BAGGAGE
+        elif lowered in self.forwarded:
             kind = lowered
         else:
             kind = _SKIP
+        # A trace header that is not copied is still read for translation (record_carrier
+        # lower-cases every name).
+        if kind is _SKIP and self._propagation is not None and name.lower() in self._propagation.trace_fields:
+            kind = _OTHER_TRACE
         if len(self._kinds) >= _CACHE_MAX:
             self._kinds.clear()
         self._kinds[name] = kind
         return kind
 
-    def _content_type(self, value: bytes) -> str | None:
+    def _content_type(self, value: bytes) -> str:
         sent = content_type_sent(value)
-        plain = sent if sent is not None and _PLAIN_TEXT.fullmatch(sent) is not None else None
+        plain = sent if sent is not None and _PLAIN_TEXT.fullmatch(sent) is not None else _NOT_PLAIN
         if len(self._content_types) >= _CACHE_MAX:
             self._content_types.clear()
         self._content_types[bytes(value)] = plain
         return plain
 
-    def _forwarded_baggage(self, raw: bytes) -> tuple[str, str] | None:
+    def _forwarded_baggage(self, raw: bytes) -> tuple[str, str]:
         sent = forwarded_baggage(raw, self.tenant_key)
         header = sent.header
-        entry = None
+        entry = _GENERAL
         if header is not None and not sent.invalid and sent.note is None:
             entry = (f',"baggage":{json.dumps(header)}', header)
         if len(self._baggage) >= _CACHE_MAX:

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 _value = operator.attrgetter("value")
+_offset = operator.attrgetter("offset")
 
 
 class BulkLane(Protocol):
@@ -348,7 +349,7 @@ class BulkDelivery:
                     counters.delivered.inc(count)
                     self._request(topic, "ok").inc()
                     done, entries = entries, _NONE
-                    host.records_done(state, [record.offset for record in done.records])
+                    host.records_done(state, list(map(_offset, done.records)))
                     self._close(done, attempts, status)
                     return True
                 ended: list[int] = []
@@ -373,7 +374,7 @@ class BulkDelivery:
                     ended.append(index)
                 if ended:
                     done = entries.only(ended)
-                    host.records_done(state, [record.offset for record in done.records])
+                    host.records_done(state, list(map(_offset, done.records)))
                     self._close(done, attempts, status)
                 self._request(topic, self._outcome(whole, read, undone)).inc()
                 entries = entries.only(undone)
@@ -393,7 +394,7 @@ class BulkDelivery:
     def _close(self, entries: _Bulk, attempts: int, status: int | None) -> None:
         """End the delivery contexts (and spans) of ``entries``, which are over."""
         if self.envelope is not None:
-            self.envelope.contexts.close_numbers([number for number in entries.numbers if number])
+            self.envelope.contexts.close_numbers(list(filter(None, entries.numbers)))
         if entries.scopes is not None:
             for scope in entries.scopes:
                 if scope is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
+from itertools import repeat
 from collections.abc import Callable, Iterable, Mapping
 
 DEFAULT_GRACE = 30.0
@@ -42,7 +43,8 @@ class DeliveryContexts:
     """
 
     __slots__ = (
-        "_baggage", "_clock", "_closed_at", "_entries", "_order", "_prefix", "counter", "grace", "max_finished",
+        "_baggage", "_clock", "_closed_at", "_entries", "_finished", "_order", "_prefix", "counter", "grace",
+        "max_finished",
     )
 
     def __init__(
@@ -60,14 +62,16 @@ class DeliveryContexts:
         self.counter = 0
         # counter -> (name, value, name, value, ...), in flight and finished.
         self._entries: dict[int, tuple[str, ...]] = {}
-        # Finished counters in the order they finished, and when each did.
-        self._order: deque[int] = deque()
+        # Finished counters in the order they finished (a bulk's together, as one list), when
+        # each finished, and how many counters they hold.
+        self._order: deque[int | list[int]] = deque()
         self._closed_at: deque[float] = deque()
+        self._finished = 0
         # One string per distinct baggage value (bounded: started over when full).
         self._baggage: dict[str, str] = {}
 
     def __repr__(self) -> str:
-        finished = len(self._order)
+        finished = self._finished
         return (
             f"DeliveryContexts(grace={self.grace}, in_flight={len(self._entries) - finished}, "
             f"finished={finished})"
@@ -112,6 +116,13 @@ class DeliveryContexts:
         self._entries[counter] = flat
         return counter
 
+    def open_many(self, flats: list[tuple[str, ...]]) -> int:
+        """:meth:`open_flat` for each of ``flats``, under consecutive counters; returns the first."""
+        first = self.counter + 1
+        self._entries.update(zip(range(first, first + len(flats)), flats))
+        self.counter += len(flats)
+        return first
+
     def _shared(self, value: str) -> str:
         shared = self._baggage.get(value)
         if shared is None:
@@ -137,33 +148,30 @@ class DeliveryContexts:
         closed_at = self._closed_at
         if closed_at and closed_at[0] < now - self.grace:
             self._prune(now)
-        order = self._order
-        order.append(number)
+        self._order.append(number)
         closed_at.append(now)
-        if len(order) > self.max_finished:
-            closed_at.popleft()
-            self._entries.pop(order.popleft(), None)
+        self._finished += 1
+        if self._finished > self.max_finished:
+            self._drop_oldest()
 
     def close_numbers(self, numbers: list[int]) -> None:
-        """:meth:`close_number` for each of ``numbers`` (a bulk's entries, done together)."""
+        """:meth:`close_number` for each of ``numbers`` (a bulk's entries, done together; the list is kept)."""
         if self.grace <= 0 or self.max_finished <= 0:
             for number in numbers:
                 self._entries.pop(number, None)
             return
-        entries = self._entries
-        numbers = [number for number in numbers if number in entries]
         if not numbers:
             return
         now = self._clock()
         closed_at = self._closed_at
         if closed_at and closed_at[0] < now - self.grace:
             self._prune(now)
-        order = self._order
-        order.extend(numbers)
-        closed_at.extend([now] * len(numbers))
-        while len(order) > self.max_finished:
-            closed_at.popleft()
-            entries.pop(order.popleft(), None)
+        # One item for the bulk: expired and dropped together, by C-level calls, not one by one.
+        self._order.append(numbers)  # each once, as for close_number: an entry in flight never expires
+        closed_at.append(now)
+        self._finished += len(numbers)
+        while self._finished > self.max_finished:
+            self._drop_oldest()
 
     def get(self, delivery_id: str) -> Context | None:
         """The context of a delivery in flight or within its grace; None if unknown or expired."""
@@ -187,8 +195,20 @@ class DeliveryContexts:
 
     def _prune(self, now: float) -> None:
         """Drop finished entries whose grace is over."""
-        closed_at, order, entries = self._closed_at, self._order, self._entries
+        closed_at = self._closed_at
         deadline = now - self.grace
         while closed_at and closed_at[0] < deadline:
-            closed_at.popleft()
-            entries.pop(order.popleft(), None)
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        """Forget the entry, or the bulk of entries, that finished first."""
+        self._closed_at.popleft()
+        oldest = self._order.popleft()
+        entries = self._entries
+        if oldest.__class__ is int:
+            entries.pop(oldest, None)
+            self._finished -= 1
+        else:
+            assert isinstance(oldest, list)
+            deque(map(entries.pop, oldest, repeat(None)), maxlen=0)
+            self._finished -= len(oldest)

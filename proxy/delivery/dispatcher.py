@@ -27,10 +27,10 @@ from aiokafka.structs import ConsumerRecord
 
 from proxy.delivery.bulk_lane import BulkDelivery
 from proxy.delivery.dead_letter import DeadLetterWriter
-from proxy.delivery.headers import build_headers
 from proxy.logthrottle import LogThrottle, held_back
 from proxy.delivery.envelope import DeliveryEnvelope, DeliveryScope
-from proxy.delivery.ordering import ORDERINGS
+from proxy.delivery.ordering import ORDERINGS, by_partition
+from proxy.delivery.request_headers import RequestHeaders
 from proxy.delivery.policy import OK, Outcome, RetryPolicy, Verdict, classify, parse_retry_after
 from proxy.delivery.ports import Health, Pauser, Upstream
 from proxy.errors import AppUnavailable
@@ -40,10 +40,6 @@ from proxy.routing.tenant import DEFAULT_TENANT_KEY
 from proxy.upstream.http import AppConnectError, AppTimeout
 
 log = logging.getLogger(__name__)
-# At most one line per this many seconds per topic and kind about a record's headers (baggage
-# re-serialized, a header not forwarded): one producer that writes `tenant=t1 ` or a header with a
-# CR in it would otherwise log every record it sends. The metric still counts each one.
-HEADER_LOG_INTERVAL = 10.0
 
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
@@ -89,9 +85,10 @@ class Dispatcher:
         self.policy = policy
         self.dead_letters = dead_letters
         self.metrics = metrics
+        self.headers = RequestHeaders(forwarded=forwarded_headers, metrics=metrics, tenant_key=tenant_key)
+        # LaneHost's: the forwarding rules bulk entries are written by.
         self.forwarded_headers = forwarded_headers
         self.tenant_key = tenant_key
-        self._header_logs = LogThrottle(HEADER_LOG_INTERVAL)
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}, not {ordering!r}")
         self.ordering = ordering
@@ -135,6 +132,24 @@ class Dispatcher:
             filled = lane.filled
             if filled is not None and len(lane.queue) >= lane.fill_to and not filled.done():
                 filled.set_result(None)
+
+    def submit_many(self, state: PartitionState, records: list[Record]) -> None:
+        """:meth:`submit` for each of ``records`` (of ``state``'s partition, tracked, in order):
+        in partition order they are all one lane's, queued at once."""
+        if self._lane_key is not by_partition or not records:
+            for record in records:
+                self.submit(state, record)
+            return
+        lane = self._lanes.get(state.tp)
+        if lane is None:
+            self.submit(state, records[0])
+            lane = self._lanes[state.tp]
+            lane.queue.extend(records[1:])
+        else:
+            lane.queue.extend(records)
+        filled = lane.filled
+        if filled is not None and len(lane.queue) >= lane.fill_to and not filled.done():
+            filled.set_result(None)
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every queued record is done; False if ``timeout`` ran out first."""
@@ -226,7 +241,7 @@ class Dispatcher:
         value = record.value
         if value is not None and len(value) > self.max_record_bytes:
             return await self._finish_undelivered(state, record, "value_too_large", 0, None)
-        headers, scope = self._request_headers(record, self.envelope)
+        headers, scope = self.headers.for_record(record, self.envelope)
         body = value or b""
         attempts = 0
         status: int | None = None
@@ -274,48 +289,6 @@ class Dispatcher:
                 if state.retrying == 0:
                     self.listener.resume((state.tp,), "retrying")
 
-    def _request_headers(
-        self, record: Record, envelope: DeliveryEnvelope | None
-    ) -> tuple[dict[str, str], DeliveryScope | None]:
-        """The delivery request's headers for ``record``, and its ``envelope`` scope (ended by
-        the caller). Record headers that cannot be sent are counted and logged here."""
-        topic = record.topic
-        notes: list[str] = []
-        headers, rejected = build_headers(
-            topic=topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp=record.timestamp,
-            key=record.key,
-            record_headers=record.headers,
-            forwarded=self.forwarded_headers,
-            tenant_key=self.tenant_key,
-            notes=notes,
-        )
-        if record.value is None:
-            # A tombstone: forwarded with an empty body, marked so the app can tell it from b"".
-            headers["kafka-tombstone"] = "true"
-        # Format headers, trace context in OTEL_PROPAGATORS' formats, ktp-delivery (envelope.py).
-        scope = envelope.begin(record, headers, rejected) if envelope is not None else None
-        throttle = self._header_logs
-        for note in notes:
-            held = throttle.allow((topic, "baggage"))
-            if held is not None:
-                log.warning(
-                    "record %s[%d]@%d: baggage %s%s", topic, record.partition, record.offset, note, held_back(held)
-                )
-        for name in rejected:
-            self.metrics.bad_input.labels(topic, f"header_{name}").inc()
-            if name == "baggage" and notes:
-                continue  # said above
-            held = throttle.allow((topic, name))
-            if held is not None:
-                log.warning(
-                    "record %s[%d]@%d: header %r not forwarded (not a safe HTTP field value)%s",
-                    topic, record.partition, record.offset, name, held_back(held),
-                )
-        return headers, scope
-
     async def _attempt(
         self, body: bytes, headers: dict[str, str], counters: TopicCounters, record: Record, attempt: int
     ) -> tuple[Verdict, float | None, int | None] | None:
@@ -355,7 +328,7 @@ class Dispatcher:
         self, record: Record, envelope: DeliveryEnvelope | None
     ) -> tuple[dict[str, str], DeliveryScope | None]:
         """A bulk entry's metadata: the headers a single delivery of ``record`` would carry."""
-        return self._request_headers(record, envelope)
+        return self.headers.for_record(record, envelope)
 
     async def acquire_slot(self, deliveries: int) -> None:
         """Take a delivery slot for a bulk of ``deliveries`` records."""

@@ -81,6 +81,16 @@ class PartitionOffsets:
         self._done[offset] = False
         self._fetched_to = offset + 1
 
+    def begin_many(self, offsets: list[int]) -> None:
+        """:meth:`begin` for each of ``offsets`` (increasing, above every offset tracked)."""
+        if not offsets:
+            return
+        if not self._order:
+            self.position = offsets[0]  # as begin()
+        self._order.extend(offsets)
+        self._done.update(dict.fromkeys(offsets, False))
+        self._fetched_to = offsets[-1] + 1
+
     def fetched_through(self, offset: int) -> None:
         """Every record fetched up to ``offset`` is either tracked by :meth:`begin` or done (a
         skipped record is done when it is decided). Once per batch, after its records."""

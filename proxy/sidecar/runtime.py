@@ -12,6 +12,7 @@ import asyncio
 import collections
 import gc
 import logging
+import operator
 import signal
 import time
 from typing import Any
@@ -66,6 +67,7 @@ KAFKA_RETRY_INITIAL = 0.5
 KAFKA_RETRY_MAX = 10.0
 # Route history older than what the partitions may still bring is dropped this often.
 ROUTE_PRUNE_INTERVAL = 60.0
+_OFFSET = operator.attrgetter("offset")
 
 
 def freeze_startup_objects() -> None:
@@ -368,12 +370,12 @@ class Sidecar:
         topic = tp.topic
         counters = self.metrics.topic(topic)
         counters.consumed.inc(len(records))
-        begin = state.offsets.begin
-        submit = self.dispatcher.submit
         memo = self.filter.memo()
         decide_raw = self.filter.decide_raw
         decided: list[Decided] = []
         keep = decided.append
+        delivered: list[ConsumerRecord[bytes, bytes]] = []
+        deliver = delivered.append
         for record in records:
             raw = None
             for name, value in record.headers:
@@ -388,8 +390,11 @@ class Sidecar:
                     self._bad_baggage(topic, record, entry)
             keep(entry)
             if entry.deliver:
-                begin(record.offset)
-                submit(state, record)
+                deliver(record)
+        if delivered:
+            # Tracked, then queued, all at once (a lane in partition order takes them in one go).
+            state.offsets.begin_many(list(map(_OFFSET, delivered)))
+            self.dispatcher.submit_many(state, delivered)
         state.offsets.fetched_through(records[-1].offset)
         self.route_history.fetched(tp, records[0].timestamp)
         skipped: dict[str, int] = {}

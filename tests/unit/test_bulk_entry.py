@@ -74,7 +74,7 @@ class Side:
         if bodies[0] is None:
             assert numbers == [0]
             return None
-        parsed = json.loads(bodies[0])
+        parsed = json.loads(bodies[0], object_pairs_hook=no_duplicates)
         assert parsed["metadata"]["ktp-delivery"] == f"{self.contexts.prefix}{numbers[0]}"
         return parsed, parsed["metadata"]["ktp-delivery"]
 
@@ -86,6 +86,12 @@ class Side:
             key=record.key, record_headers=record.headers, forwarded=self.dispatcher.forwarded_headers, notes=notes,
         )
         return bool(rejected or notes)
+
+
+def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    assert len(names) == len(set(names)), f"a name twice in one JSON object: {names}"
+    return dict(pairs)
 
 
 def make(headers: list[tuple[str, bytes | None]], *, key: bytes | None = b"order-7", value: bytes | None = b'{"a":1}',

@@ -54,3 +54,32 @@ def test_expired_entries_are_pruned_as_others_finish() -> None:
         contexts.close(contexts.open(CONTEXT))
         clock.now += 0.1
     assert len(contexts) <= 11
+
+
+def test_a_bulk_closed_at_once_is_kept_as_if_closed_one_by_one() -> None:
+    clock = [0.0]
+    one = DeliveryContexts(5.0, max_finished=6, clock=lambda: clock[0])
+    many = DeliveryContexts(5.0, max_finished=6, clock=lambda: clock[0])
+    context = ("baggage", "tenant=1", "traceparent", "00-x")
+    ids_one = [one.open_flat(context) for _ in range(8)]
+    ids_many = [many.open_flat(context) for _ in range(8)]
+    for number in ids_one[:4]:
+        one.close_number(number)
+    many.close_numbers(ids_many[:4])
+    clock[0] = 1.0
+    for number in ids_one[4:]:
+        one.close_number(number)
+    many.close_numbers(ids_many[4:])
+    # Six finished at most, the oldest dropped first: a bulk as a whole (so at most six, here
+    # four); the context reads back by name.
+    kept_one = [n for n in ids_one if one.get(f"{one.prefix}{n}") is not None]
+    kept_many = [n for n in ids_many if many.get(f"{many.prefix}{n}") is not None]
+    assert kept_one == [3, 4, 5, 6, 7, 8] and kept_many == [5, 6, 7, 8]
+    assert many.get(f"{many.prefix}8") == (("baggage", "tenant=1"), ("traceparent", "00-x"))
+    assert "finished=4" in repr(many) and "in_flight=0" in repr(many)
+    # A bulk expires as a whole once its grace is over.
+    late = [many.open_flat(context) for _ in range(2)]
+    clock[0] = 3.0
+    many.close_numbers(late)
+    clock[0] = 6.5  # the bulk closed at 1.0 is past its grace, the one closed at 3.0 is not
+    assert [n for n in [*ids_many, *late] if many.get(f"{many.prefix}{n}") is not None] == late

@@ -242,12 +242,30 @@ async def test_bad_headers_are_counted_per_record_and_logged_once_per_interval(
         )
         for n in range(50)
     ]
-    with caplog.at_level("WARNING", logger="proxy.delivery.dispatcher"):
+    with caplog.at_level("WARNING", logger="proxy.delivery.request_headers"):
         submit(dispatcher, state, *records)
         await dispatcher.drain(5.0)
     assert len(app.calls) == 50 and state.offsets.position == 50
     text = metrics.render().decode()
     assert 'ktp_bad_input_total{kind="header_traceparent",topic="t"} 50.0' in text
-    lines = [r.getMessage() for r in caplog.records if r.name == "proxy.delivery.dispatcher"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "proxy.delivery.request_headers"]
     assert sum("baggage" in line and "re-serialized" in line for line in lines) == 1, lines
     assert sum("'traceparent' not forwarded" in line for line in lines) == 1, lines
+
+
+@pytest.mark.parametrize("ordering", ["partition", "key", "none"])
+async def test_a_batch_handed_over_at_once_is_delivered_as_record_by_record(ordering: str) -> None:
+    # Sidecar._handle hands a fetched batch over with begin_many + submit_many; a batch that
+    # arrives while the lane is still busy with the first joins its queue.
+    app = ScriptedApp({1: [503]})
+    dispatcher, state, _, _ = build(app, ordering=ordering)
+    first = [record(n, key=b"k%d" % (n % 2)) for n in range(3)]
+    second = [record(n, key=b"k%d" % (n % 2)) for n in range(3, 6)]
+    for batch in (first, second):
+        state.offsets.begin_many([r.offset for r in batch])
+        dispatcher.submit_many(state, batch)
+        state.offsets.fetched_through(batch[-1].offset)
+    assert await dispatcher.drain(5)
+    assert sorted(app.calls) == [0, 1, 1, 2, 3, 4, 5] and state.offsets.position == 6
+    if ordering == "partition":
+        assert app.calls == [0, 1, 1, 2, 3, 4, 5]

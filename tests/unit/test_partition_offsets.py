@@ -101,3 +101,35 @@ def test_batches_of_skips_marked_once_give_the_same_positions(data: st.DataObjec
         each.done(offset)
         batched.done(offset)
         assert batched.position == each.position
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_records_begun_and_done_together_give_the_positions_of_one_at_a_time(data: st.DataObject) -> None:
+    # begin_many/done_many (a fetched batch, a bulk) against begin/done per record.
+    one, many = PartitionOffsets(), PartitionOffsets()
+    next_offset = 0
+    outstanding: list[int] = []
+    for _ in range(data.draw(st.integers(1, 12))):
+        if outstanding and data.draw(st.booleans()):
+            chosen = sorted(data.draw(st.lists(st.sampled_from(outstanding), min_size=1, unique=True)))
+            chosen += data.draw(st.lists(st.sampled_from(chosen), max_size=2))  # done twice: ignored
+            for offset in chosen:
+                one.done(offset)
+            many.done_many(chosen)
+            outstanding = [o for o in outstanding if o not in chosen]
+        else:
+            gap = data.draw(st.integers(0, 2))  # skipped records before the batch
+            batch = list(range(next_offset + gap, next_offset + gap + data.draw(st.integers(0, 5))))
+            for offset in batch:
+                one.begin(offset)
+            many.begin_many(batch)
+            next_offset += gap + len(batch)
+            one.fetched_through(next_offset)
+            many.fetched_through(next_offset)
+            outstanding += batch
+        assert (many.position, many.pending) == (one.position, one.pending)
+    one.abandon()
+    many.abandon()
+    many.done_many(outstanding)  # late completions after a revoke
+    assert many.position == one.position
