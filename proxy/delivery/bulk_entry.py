@@ -51,7 +51,7 @@ _PLAIN_KEY = re.compile(rb"[A-Za-z0-9_.~-]*").fullmatch
 _OFFSET = operator.attrgetter("offset")
 # A baggage string and a content type cached as needing the general path: true values, so that a
 # look-up `cache.get(raw) or compute(raw)` computes only what is not cached yet.
-_GENERAL: tuple[str, str] = ("", "")
+_GENERAL: tuple[str, tuple[str, str]] = ("", ("", ""))
 _NOT_PLAIN = "\0"
 _NO_FIELDS: frozenset[str] = frozenset()
 
@@ -84,9 +84,9 @@ class EntryWriter:
         self.tenant_key = tenant_key
         self._kinds: dict[str, str] = {}
         self._bases: dict[tuple[str, int], str] = {}
-        # record baggage-string -> ('"baggage":"..."', the header) or _GENERAL (the general path says
-        # why it is not sent as it is)
-        self._baggage: dict[bytes, tuple[str, str]] = {}
+        # record baggage-string -> ('"baggage":"..."', ("baggage", the header)) or _GENERAL (the
+        # general path says why it is not sent as it is)
+        self._baggage: dict[bytes, tuple[str, tuple[str, str]]] = {}
         # record content-type -> the content type sent, or _NOT_PLAIN (the general path)
         self._content_types: dict[bytes, str] = {}
         if envelope is None:
@@ -152,7 +152,10 @@ class EntryWriter:
             other_trace = False
             baggage_raw: bytes | None = None
             copied = ""
-            found: dict[str, str] = {}
+            # The names copied: the first, then all of them once there are two (a set per
+            # record only for records that copy more than one).
+            first_name: str | None = None
+            names: set[str] | None = None
             context: tuple[str, ...] = ()
             for name, value in record.headers:
                 lowered = kinds.get(name)
@@ -175,13 +178,22 @@ class EntryWriter:
                         if content_type is _NOT_PLAIN:
                             break
                     continue
-                if plain_value(value) is None or lowered in found:
+                if plain_value(value) is None:
                     break
+                if first_name is None:
+                    first_name = lowered
+                elif names is None:
+                    if lowered == first_name:
+                        break  # twice: the general path keeps the first
+                    names = {first_name, lowered}
+                elif lowered in names:
+                    break
+                else:
+                    names.add(lowered)
                 text = value.decode("ascii")
-                found[lowered] = text
                 copied += f',"{lowered}":"{text}"'
                 if lowered in context_names:
-                    context += (lowered, text)
+                    context = (lowered, text) if not context else (*context, lowered, text)
             else:
                 if baggage_raw is not None:
                     sent_baggage = baggages.get(baggage_raw) or self._forwarded_baggage(baggage_raw)
@@ -189,13 +201,18 @@ class EntryWriter:
                         bodies.append(None)
                         left += 1
                         continue
-                    copied += sent_baggage[0]
+                    baggage_json = sent_baggage[0]
                     if baggage_in_context:
-                        context += (baggage_kind, sent_baggage[1])
+                        context += sent_baggage[1]
+                else:
+                    baggage_json = ""
                 if (
-                    (other_trace or found)
+                    (other_trace or first_name is not None)
                     and propagation is not None
-                    and written_fields.isdisjoint(found)
+                    and (
+                        first_name is None
+                        or first_name not in written_fields and (names is None or written_fields.isdisjoint(names))
+                    )
                     # No trace context in a configured format but some in another: the general
                     # path translates it (DeliveryEnvelope.begin).
                     and propagation.translate(record_carrier(record.headers, propagation.trace_fields))
@@ -203,31 +220,37 @@ class EntryWriter:
                     bodies.append(None)
                     left += 1
                     continue
+                # Each part is its own placeholder of one f-string below: one string is built
+                # per entry, not one per part (allocating and copying dominates here).
                 key = record.key
+                if key is None:
+                    key_json = ""
+                elif plain_key(key) is not None:
+                    key_json = f',"kafka-key":"{key.decode("ascii")}"'
+                else:
+                    key_json = f',"kafka-key":"{quote(key, safe="")}"'
                 value = record.value
                 if event is not None:
                     event_json = event(record, content_type)
-                elif value is not None:
-                    event_json = f'"{b2a_base64(value, newline=False).decode("ascii")}"'
+                    quote_mark = ""
+                    entry_content_type = CLOUDEVENT_CONTENT_TYPE
                 else:
-                    event_json = '""'
-                if value is None:
-                    copied += ',"kafka-tombstone":"true"'
-                if contexts is not None:
+                    # The raw format: the value in base64, a JSON string as it is.
+                    event_json = b2a_base64(value, newline=False).decode("ascii") if value else ""
+                    quote_mark = '"'
+                    entry_content_type = content_type
+                tombstone = ',"kafka-tombstone":"true"' if value is None else ""
+                if contexts is None:
+                    delivery = ""
+                else:
                     flats.append(context)
-                    copied += f',"ktp-delivery":"{prefix}{next_number}"'
+                    delivery = f',"ktp-delivery":"{prefix}{next_number}"'
                     next_number += 1
                 bodies.append(
-                    f'{{"entryId":"{offset}","event":{event_json},'
-                    f'"contentType":"{content_type if event is None else CLOUDEVENT_CONTENT_TYPE}",'
-                    f'"metadata":{{"content-type":"{content_type}",{base}"kafka-offset":"{offset}",'
-                    f'"kafka-timestamp":"{record.timestamp}"'
-                    + (
-                        ""
-                        if key is None
-                        else f',"kafka-key":"{key.decode("ascii") if plain_key(key) is not None else quote(key, safe="")}"'
-                    )
-                    + f"{copied}}}}}"
+                    f'{{"entryId":"{offset}","event":{quote_mark}{event_json}{quote_mark},'
+                    f'"contentType":"{entry_content_type}","metadata":{{"content-type":"{content_type}",'
+                    f'{base}"kafka-offset":"{offset}","kafka-timestamp":"{record.timestamp}"'
+                    f"{key_json}{copied}{baggage_json}{tombstone}{delivery}}}}}"
                 )
                 continue
             bodies.append(None)  # a header needs the general path
@@ -285,12 +308,12 @@ class EntryWriter:
         self._content_types[bytes(value)] = plain
         return plain
 
-    def _forwarded_baggage(self, raw: bytes) -> tuple[str, str]:
+    def _forwarded_baggage(self, raw: bytes) -> tuple[str, tuple[str, str]]:
         sent = forwarded_baggage(raw, self.tenant_key)
         header = sent.header
         entry = _GENERAL
         if header is not None and not sent.invalid and sent.note is None:
-            entry = (f',"baggage":{json.dumps(header)}', header)
+            entry = (f',"baggage":{json.dumps(header)}', (_BAGGAGE, header))
         if len(self._baggage) >= _CACHE_MAX:
             self._baggage.clear()
         self._baggage[bytes(raw)] = entry

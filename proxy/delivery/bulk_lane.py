@@ -25,6 +25,7 @@ import logging
 import operator
 import time
 from collections import deque
+from itertools import repeat
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
@@ -207,8 +208,8 @@ class BulkDelivery:
         """The records at the head of the queue for one bulk: at most ``max_records``, and no
         more record bytes than one delivery may carry (``--max-record-bytes``), one at least."""
         limit = self.max_record_bytes
-        popleft = queue.popleft
-        batch = [popleft() for _ in range(min(len(queue), self.max_records))]
+        # Popped by C-level calls: a bulk's records leave the queue with no Python code per record.
+        batch = list(map(deque.popleft, repeat(queue, min(len(queue), self.max_records))))
         if sum(map(len, filter(None, map(_value, batch)))) <= limit:
             return batch  # nearly always: a bulk's records together fit in one delivery
         queue.extendleft(reversed(batch))
@@ -234,12 +235,12 @@ class BulkDelivery:
         ids, written, numbers = writer.entries(
             first.topic, first.partition, records, self._cloud_event_json if self.cloudevents else None
         )
-        scopes: list[DeliveryScope | None] | None = None
+        if None not in written:  # nearly always: the writer wrote every entry
+            return _Bulk(records, ids, written, numbers, None)  # type: ignore[arg-type]
+        scopes: list[DeliveryScope | None] = [None] * len(records)
         bodies: list[str] = []
         for index, body in enumerate(written):
             if body is None:
-                if scopes is None:
-                    scopes = [None] * len(records)
                 body, scopes[index] = self._general_entry(host, records[index])
             bodies.append(body)
         return _Bulk(records, ids, bodies, numbers, scopes)

@@ -20,6 +20,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from aiokafka import TopicPartition
 
@@ -110,8 +111,20 @@ class PartitionOffsets:
         self.position = order[0] if order else self._fetched_to
 
     def done_many(self, offsets: list[int]) -> None:
-        """:meth:`done` for each of ``offsets`` (a bulk's records, done together)."""
+        """:meth:`done` for each of ``offsets`` (a bulk's records, done together: increasing,
+        each once)."""
         done = self._done
+        order = self._order
+        count = len(offsets)
+        if count and order and order[0] == offsets[0] and len(order) >= count and order[count - 1] == offsets[-1]:
+            # The usual bulk in partition order: the oldest records outstanding, all of them (an
+            # increasing run of tracked offsets from the first to its last). Forgotten by C-level
+            # calls, then whatever was done behind them, as below.
+            deque(map(done.pop, map(deque.popleft, repeat(order, count))), maxlen=0)
+            while order and done[order[0]]:
+                del done[order.popleft()]
+            self.position = order[0] if order else self._fetched_to
+            return
         changed = False
         for offset in offsets:
             if done.get(offset) is False:
@@ -119,7 +132,6 @@ class PartitionOffsets:
                 changed = True
         if not changed:
             return  # abandoned by a revoke, or duplicate completions
-        order = self._order
         while order and done[order[0]]:
             del done[order.popleft()]
         self.position = order[0] if order else self._fetched_to

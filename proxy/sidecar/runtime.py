@@ -70,13 +70,24 @@ ROUTE_PRUNE_INTERVAL = 60.0
 _OFFSET = operator.attrgetter("offset")
 
 
+# The youngest generation is collected after this many allocations of container objects, not
+# CPython's 700: a record makes several (the record, its header tuples) and lives until it is
+# done, so at 700 most were traversed while still in flight and moved on to be traversed again.
+# Measured on the deliver path (instructions, callgrind): 2.8% fewer per record in bulks, 1.2%
+# single; the young generation then holds a few MB at most, freed as before.
+YOUNG_GC_THRESHOLD = 20_000
+
+
 def freeze_startup_objects() -> None:
     """Move everything start-up made (modules, config, clients, tables) out of the garbage
     collector's sight. A process runs for days on these objects, and every full collection
     would scan them again: 20-48 ms pauses every few seconds on the deliver path, 0.4 ms after
-    (benchmarks, latency section). Once per process, by :meth:`Sidecar.serve`."""
+    (benchmarks, latency section). Once per process, by :meth:`Sidecar.serve`; the young
+    generation's threshold is raised then (YOUNG_GC_THRESHOLD)."""
     gc.collect()
     gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, middle, oldest)
 
 
 __all__ = ["FETCH_MAX_RECORDS", "Sidecar", "committed_offsets", "freeze_startup_objects"]
