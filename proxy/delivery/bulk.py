@@ -35,9 +35,11 @@ from typing import Any
 
 from proxy.delivery import cloudevents
 
-# --bulk-max-records: the app's answer names every entry, and the client keeps the first 4 KiB
-# of an answer body; 64 entries with 19-digit offsets, pretty-printed, still fit in that.
-MAX_BULK_RECORDS = 64
+# --bulk-max-records at most (Dapr's default maxMessagesCount is 100). The app's answer names
+# every entry: the client keeps ANSWER_BYTES_PER_ENTRY per entry of an answer to a bulk (an
+# entry's status pretty-printed with a 19-digit offset takes about 90), see answer_bytes().
+MAX_BULK_RECORDS = 1000
+ANSWER_BYTES_PER_ENTRY = 128
 DEFAULT_BULK_MAX_WAIT = 0.01
 BULK_CONTENT_TYPE = "application/json"
 CLOUDEVENT_CONTENT_TYPE = "application/cloudevents+json"
@@ -88,6 +90,11 @@ class BulkAnswer:
     conflicts: int = 0
     #: Every entry sent is ``SUCCESS`` (nearly every answer: the lane's fast path).
     all_ok: bool = False
+
+
+def answer_bytes(max_records: int) -> int:
+    """How much of an answer the client must keep for bulks of ``max_records`` entries."""
+    return 4096 + ANSWER_BYTES_PER_ENTRY * max_records
 
 
 def entry_id(offset: int) -> str:

@@ -351,7 +351,7 @@ def static_instance_id(given: str | None, environ: Mapping[str, str]) -> str | N
 
 def _bulk_max_records(value: int) -> int:
     if not 0 <= value <= MAX_BULK_RECORDS:
-        # The app's answer names every entry and the first 4 KiB of it are read (bulk.py).
+        # The app's answer names every entry and is kept whole only up to a size (bulk.py).
         raise ValueError(f"must be 0 (off) to {MAX_BULK_RECORDS}, got {value}")
     return value
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.upstream.response import ProtocolError, Response, ResponseParser
+from proxy.upstream.response import MAX_KEPT_BYTES, ProtocolError, Response, ResponseParser
 
 # Up to this size the head and the body are joined and written at once; past it, the body is
 # handed to the transport as it is, rather than copied.
@@ -43,10 +43,10 @@ class AppConnection(asyncio.Protocol):
         "reusable",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_kept: int = MAX_KEPT_BYTES) -> None:
         self._loop = loop
         self._transport: asyncio.Transport | None = None
-        self._parser = ResponseParser()
+        self._parser = ResponseParser(max_kept)
         self._waiter: asyncio.Future[Response] | None = None
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None

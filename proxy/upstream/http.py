@@ -34,7 +34,7 @@ from urllib.parse import quote, urlsplit
 
 from proxy.errors import AppUnavailable, ConfigError
 from proxy.upstream.connection import AppConnection, ConnectionClosed
-from proxy.upstream.response import ProtocolError
+from proxy.upstream.response import MAX_KEPT_BYTES, ProtocolError
 
 DEFAULT_TIMEOUT = 10.0
 KEEPALIVE_IDLE = 4.0
@@ -79,12 +79,15 @@ class HttpUpstream:
         max_connections: int = 64,
         token: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        max_answer_bytes: int = MAX_KEPT_BYTES,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"app URL {url!r} must be http://host[:port]/path or https://...")
         self.url = url
         self.timeout = timeout
+        # How much of an answer's body is kept (what the app's answer to a bulk must fit in).
+        self.max_answer_bytes = max_answer_bytes
         self.max_connections = max_connections
         self.host = parts.hostname
         self.tls = parts.scheme == "https"
@@ -278,7 +281,7 @@ class HttpUpstream:
         try:
             async with asyncio.timeout_at(deadline):
                 _, connection = await loop.create_connection(
-                    lambda: AppConnection(loop),
+                    lambda: AppConnection(loop, self.max_answer_bytes),
                     self.host,
                     self.port,
                     ssl=self._ssl_context if self.tls else None,

@@ -112,6 +112,7 @@ class ResponseParser:
         "_last_fields",
         "_last_head",
         "_parser",
+        "_max_kept",
         "_pending",
         "_repeat_answer",
         "_repeat_data",
@@ -120,7 +121,9 @@ class ResponseParser:
         "started",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, max_kept: int = MAX_KEPT_BYTES) -> None:
+        # The first max_kept bytes of a body are kept (more for an app answering bulks).
+        self._max_kept = max_kept
         self._parser = httptools.HttpResponseParser(self)
         # Without this, llhttp refuses an answer with both Transfer-Encoding and Content-Length;
         # we read it as chunked (RFC 9112 section 6.3) and then drop the connection, as before.
@@ -249,10 +252,10 @@ class ResponseParser:
         self._pending = 0
 
     def on_body(self, body: bytes) -> None:
-        """Body bytes: keep the first :data:`MAX_KEPT_BYTES`, stop past :data:`MAX_DRAIN_BYTES`."""
+        """Body bytes: keep the first ``max_kept`` (:data:`MAX_KEPT_BYTES`), stop past :data:`MAX_DRAIN_BYTES`."""
         # Clamped: in the feed that ends the head, the body's bytes were not counted as pending.
         self._pending = max(0, self._pending - len(body))
-        room = MAX_KEPT_BYTES - len(self._kept)
+        room = self._max_kept - len(self._kept)
         if room > 0:
             self._kept += body[:room]
         self._drained += len(body)

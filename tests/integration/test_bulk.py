@@ -137,6 +137,31 @@ async def test_bulks_deliver_every_record_once_in_partition_order(
     assert f'ktp_records_delivered_total{{topic="{topic}"}} {float(n)}' in metrics
 
 
+async def test_bulks_of_daprs_default_size_with_answers_past_4_kib(
+    bootstrap_servers: str, topic: str, tmp_path: Path
+) -> None:
+    # Dapr's default maxMessagesCount is 100; a pretty-printed answer to 100 entries is ~7.5 KB,
+    # past the 4 KiB single deliveries keep: it must be read whole, not retried as cut.
+    n = 400
+    await produce(bootstrap_servers, topic, records(n))
+    async with BulkRecordingApp(pretty=True) as app:
+        config = sidecar_config(
+            bootstrap_servers, topic, app.url, routes_file(tmp_path), bulk_max_records=100, bulk_max_wait=0.5
+        )
+        async with Sidecar(config) as sidecar:
+            await app.wait_until(lambda: len(app.received) >= n, "every record taken")
+            await asyncio.sleep(0.3)
+            metrics = sidecar.metrics.render().decode()
+    got = settled_account("bulk of 100, pretty answers", app, set(range(n)), note=f"{app.calls} requests")
+    assert (got.lost, got.duplicated, got.out_of_order, got.unexpected) == (0, 0, 0, 0)
+    assert len(app.sent) == n, "an entry was sent again"
+    biggest = max(app.bulks, key=len)
+    assert len(biggest) == 100
+    answer = json.dumps({"statuses": [{"entryId": str(r.offset), "status": "SUCCESS"} for r in biggest]}, indent=4)
+    assert len(answer) > 4096
+    assert f'ktp_bulk_requests_total{{outcome="ok",topic="{topic}"}} {float(app.calls)}' in metrics
+
+
 async def test_per_entry_retry_drop_and_left_out_entries(bootstrap_servers: str, topic: str, tmp_path: Path) -> None:
     n = 800
 

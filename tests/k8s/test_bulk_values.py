@@ -52,14 +52,14 @@ def test_the_value_reaches_injected_sidecars_and_annotations_override_it(chart: 
     assert on.bulk_max_records == 16
     assert sidecar_env(on, ANNOTATIONS)["KTP_BULK_MAX_RECORDS"] == "16"
     assert sidecar_env(on, {**ANNOTATIONS, "kafka-tenant-proxy.io/bulk-max-records": "0"})["KTP_BULK_MAX_RECORDS"] == "0"
-    refused = plan(consumer_pod({**ANNOTATIONS, "kafka-tenant-proxy.io/bulk-max-records": "65"}), on)
+    refused = plan(consumer_pod({**ANNOTATIONS, "kafka-tenant-proxy.io/bulk-max-records": "1001"}), on)
     assert isinstance(refused, Refuse)
-    assert "kafka-tenant-proxy.io/bulk-max-records" in refused.message and "64" in refused.message
+    assert "kafka-tenant-proxy.io/bulk-max-records" in refused.message and "1000" in refused.message
 
 
 def test_the_schema_refuses_a_bulk_size_the_sidecar_would_refuse(chart: Chart) -> None:  # noqa: F811
     with pytest.raises(HelmError, match="bulkMaxRecords"):
-        render(chart, {"sidecar": {"bulkMaxRecords": 65}})
+        render(chart, {"sidecar": {"bulkMaxRecords": 1001}})
 
 
 def test_the_named_template_gives_the_same_bulk_setting(consumer_chart: Path, tmp_path: Path) -> None:  # noqa: F811
