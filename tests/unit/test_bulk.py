@@ -7,6 +7,7 @@ import base64
 import json
 import random
 
+import pytest
 from cloudevents.core.formats.json import JSONFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -108,12 +109,14 @@ def test_deeply_nested_json_is_malformed_not_a_crash() -> None:
     assert got.verdicts == {"1": ENTRY_MALFORMED}
 
 
-def test_the_largest_bulk_answer_fits_what_the_client_reads() -> None:
-    # MAX_BULK_RECORDS is bounded by the 4 KiB of an answer body the HTTP client keeps: 64 of
-    # the longest entry ids (19-digit offsets), written as json.dumps and most frameworks do.
-    longest = [bulk.entry_id(2**63 - 1 - n) for n in range(bulk.MAX_BULK_RECORDS)]
-    answer = json.dumps({"statuses": [{"entryId": e, "status": "SUCCESS"} for e in longest]}).encode()
-    assert len(answer) <= 4096
+@pytest.mark.parametrize("records", [1, 100, bulk.MAX_BULK_RECORDS])
+@pytest.mark.parametrize("indent", [None, 4])
+def test_the_largest_bulk_answer_fits_what_the_client_keeps(records: int, indent: int | None) -> None:
+    # The client keeps bulk.answer_bytes(N) of an answer to bulks of N: enough for N of the
+    # longest entry ids (19-digit offsets), written as json.dumps does, compact or pretty.
+    longest = [bulk.entry_id(2**63 - 1 - n) for n in range(records)]
+    answer = json.dumps({"statuses": [{"entryId": e, "status": "SUCCESS"} for e in longest]}, indent=indent).encode()
+    assert len(answer) <= bulk.answer_bytes(records)
     assert read_answer(answer, set(longest)).verdicts == dict.fromkeys(longest, ENTRY_OK)
 
 

@@ -342,3 +342,14 @@ def test_trailers_without_end_are_refused_once_too_large() -> None:
     with pytest.raises(ProtocolError, match="larger"):
         for _ in range(100):
             parser.feed(b"x-trailer: " + b"y" * 1000 + b"\r\n")
+
+
+def test_a_parser_for_bulk_answers_keeps_more_of_the_body() -> None:
+    # The answer to a bulk names every entry: its parser keeps bulk.answer_bytes(N), not 4 KiB.
+    body = b'{"statuses": [' + b'{"entryId": "1", "status": "SUCCESS"},' * 300 + b"]}"
+    assert len(body) > MAX_KEPT_BYTES
+    raw = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    kept = ResponseParser(max_kept=len(body)).feed(raw)
+    assert kept is not None and kept.body == body and kept.keep_alive
+    cut = ResponseParser().feed(raw)
+    assert cut is not None and cut.body == body[:MAX_KEPT_BYTES]
