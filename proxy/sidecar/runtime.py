@@ -78,7 +78,7 @@ def freeze_startup_objects() -> None:
     (benchmarks, latency section). Once per process, by :meth:`Sidecar.serve`.
 
     The young generation keeps CPython's threshold: at 20,000 a bulk run counted 2.8% fewer
-    instructions per record, but the latency runs saw collections of 7-15 ms."""
+    instructions per record, but every 10 s latency run then had a collection of 4-15 ms."""
     gc.collect()
     gc.freeze()
 
