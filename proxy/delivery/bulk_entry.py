@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from proxy.delivery.headers import (
-    DEFAULT_CONTENT_TYPE, MAX_HEADER_VALUE, content_type_sent, forwarded_baggage, never_forwarded,
+    DEFAULT_CONTENT_TYPE, MAX_HEADER_VALUE, content_type_sent, copyable_name, forwarded_baggage, key_is_plain,
 )
 from proxy.delivery.bulk import CLOUDEVENT_CONTENT_TYPE
 from proxy.telemetry.tracing import record_carrier
@@ -46,8 +46,6 @@ _PLAIN_VALUE = re.compile(
     rb'(?:[\x21\x23-\x5b\x5d-\x7e](?:[\x20\x21\x23-\x5b\x5d-\x7e]{0,%d}[\x21\x23-\x5b\x5d-\x7e])?)?' % (MAX_HEADER_VALUE - 2)
 ).fullmatch
 _PLAIN_TEXT = re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e]*')
-# What quote(key, safe="") leaves as it is (headers.py's _UNRESERVED): such a key is its own kafka-key.
-_PLAIN_KEY = re.compile(rb"[A-Za-z0-9_.~-]*").fullmatch
 _OFFSET = operator.attrgetter("offset")
 # A baggage string and a content type cached as needing the general path: true values, so that a
 # look-up `cache.get(raw) or compute(raw)` computes only what is not cached yet.
@@ -69,7 +67,7 @@ _CACHE_MAX = 1024
 class EntryWriter:
     """Writes bulk entries' metadata for one sidecar's forwarding rules; see the module doc.
 
-    ``forwarded``: the record headers copied (``Dispatcher.forwarded_headers``); ``envelope``:
+    ``forwarded``: the record headers copied (``RequestHeaders.forwarded``); ``envelope``:
     the bulk's (its contexts get one entry per record, as single deliveries do), or None for no
     ``ktp-delivery``.
     """
@@ -139,7 +137,7 @@ class EntryWriter:
         contexts = self._contexts
         prefix = self._prefix
         plain_value = _PLAIN_VALUE
-        plain_key = _PLAIN_KEY
+        plain_key = key_is_plain
         skip, other_trace_kind, baggage_kind, content_type_kind = _SKIP, _OTHER_TRACE, _BAGGAGE, _CONTENT_TYPE
         default_content_type = DEFAULT_CONTENT_TYPE
         # The contexts are registered after the loop, all at once, under the counters reserved here.
@@ -279,9 +277,8 @@ class EntryWriter:
         return base
 
     def _kind(self, name: str) -> str:
-        # As headers._copyable: only an ASCII name is lower-cased (no look-alike folds into one).
-        lowered = name.lower() if name.isascii() else None
-        if lowered is None or never_forwarded(lowered):
+        lowered = copyable_name(name)  # as the general path: ASCII names only, never-forwarded ones not
+        if lowered is None:
             kind = _SKIP
         elif lowered == _CONTENT_TYPE:
             kind = _CONTENT_TYPE  # the constant itself: the loop compares kinds by identity

@@ -42,6 +42,8 @@ from proxy.upstream.http import AppConnectError, AppTimeout
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
 
+    from proxy.delivery.request_headers import RequestHeaders
+
     from proxy.listener.partitions import PartitionState
 
 log = logging.getLogger(__name__)
@@ -65,15 +67,9 @@ class BulkLane(Protocol):
 class LaneHost(Protocol):
     """What a bulk lane needs from the dispatcher that runs it."""
 
-    #: Record headers copied to the app, and the baggage key of the tenant (entries' metadata).
-    forwarded_headers: frozenset[str]
-    tenant_key: str
-
-    def request_headers(
-        self, record: Record, envelope: DeliveryEnvelope | None
-    ) -> tuple[dict[str, str], DeliveryScope | None]:
-        """The headers a single delivery of ``record`` would carry (unsafe ones counted and
-        logged), and its ``envelope`` scope."""
+    #: The headers a single delivery of a record carries (unsafe ones counted and logged), by
+    #: the forwarding rules bulk entries are written by too.
+    headers: RequestHeaders
 
     async def acquire_slot(self, deliveries: int) -> None:
         """Wait for a delivery slot; ``deliveries`` records go in flight with it."""
@@ -229,7 +225,7 @@ class BulkDelivery:
         writer = self._writer
         if writer is None:
             writer = self._writer = EntryWriter(
-                forwarded=host.forwarded_headers, tenant_key=host.tenant_key, envelope=self.envelope
+                forwarded=host.headers.forwarded, tenant_key=host.headers.tenant_key, envelope=self.envelope
             )
         first = records[0]
         ids, written, numbers = writer.entries(
@@ -248,7 +244,7 @@ class BulkDelivery:
     def _general_entry(self, host: LaneHost, record: Record) -> tuple[str, DeliveryScope | None]:
         """An entry by the single delivery's headers (checked, counted and logged there), and
         its envelope scope."""
-        headers, scope = host.request_headers(record, self.envelope)
+        headers, scope = host.headers.for_record(record, self.envelope)
         content_type = headers["content-type"]
         if self.cloudevents:
             event_json = self._cloud_event_json(record, content_type)

@@ -109,15 +109,9 @@ class DeliveryContexts:
         """What every id of ours starts with; an id is the prefix and a counter."""
         return self._prefix
 
-    def open_flat(self, flat: tuple[str, ...]) -> int:
-        """Register a delivery whose context is ``flat`` (name, value, name, value ...); returns
-        the id's counter."""
-        self.counter = counter = self.counter + 1
-        self._entries[counter] = flat
-        return counter
-
     def open_many(self, flats: list[tuple[str, ...]]) -> int:
-        """:meth:`open_flat` for each of ``flats``, under consecutive counters; returns the first."""
+        """Register deliveries (a bulk's entries) whose contexts are ``flats`` (each name, value,
+        name, value ...), under consecutive counters; returns the first."""
         first = self.counter + 1
         self._entries.update(zip(range(first, first + len(flats)), flats))
         self.counter += len(flats)
@@ -182,7 +176,7 @@ class DeliveryContexts:
         flat = self._entries.get(number)
         if flat is None:
             return None
-        # By name: the order open_headers keeps, whichever way the entry was opened (open_flat
+        # By name: the order open_headers keeps, whichever way the entry was opened (open_many
         # keeps a record's own order).
         return tuple(sorted(zip(flat[::2], flat[1::2])))
 

@@ -28,7 +28,7 @@ from aiokafka.structs import ConsumerRecord
 from proxy.delivery.bulk_lane import BulkDelivery
 from proxy.delivery.dead_letter import DeadLetterWriter
 from proxy.logthrottle import LogThrottle, held_back
-from proxy.delivery.envelope import DeliveryEnvelope, DeliveryScope
+from proxy.delivery.envelope import DeliveryEnvelope
 from proxy.delivery.ordering import ORDERINGS, by_partition
 from proxy.delivery.request_headers import RequestHeaders
 from proxy.delivery.policy import OK, Outcome, RetryPolicy, Verdict, classify, parse_retry_after
@@ -85,10 +85,8 @@ class Dispatcher:
         self.policy = policy
         self.dead_letters = dead_letters
         self.metrics = metrics
+        # Also the LaneHost's: the forwarding rules bulk entries are written by.
         self.headers = RequestHeaders(forwarded=forwarded_headers, metrics=metrics, tenant_key=tenant_key)
-        # LaneHost's: the forwarding rules bulk entries are written by.
-        self.forwarded_headers = forwarded_headers
-        self.tenant_key = tenant_key
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}, not {ordering!r}")
         self.ordering = ordering
@@ -323,12 +321,6 @@ class Dispatcher:
             )
 
     # -- LaneHost (proxy.delivery.bulk_lane) ----------------------------------------------------
-
-    def request_headers(
-        self, record: Record, envelope: DeliveryEnvelope | None
-    ) -> tuple[dict[str, str], DeliveryScope | None]:
-        """A bulk entry's metadata: the headers a single delivery of ``record`` would carry."""
-        return self.headers.for_record(record, envelope)
 
     async def acquire_slot(self, deliveries: int) -> None:
         """Take a delivery slot for a bulk of ``deliveries`` records."""

@@ -128,6 +128,13 @@ _COPYABLE_MAX = 1024
 _UNKNOWN = ""  # no real name is empty
 
 
+def copyable_name(name: str) -> str | None:
+    """The lower-case name a record header of this name may be copied under, or None (not ASCII,
+    or never forwarded). Cached."""
+    lowered = _COPYABLE.get(name, _UNKNOWN)
+    return _copyable(name) if lowered == _UNKNOWN else lowered
+
+
 def _copyable(name: str) -> str | None:
     # allowlisted names are ASCII tokens; lower() could fold a look-alike (KELVIN SIGN) into one
     lowered = name.lower() if name.isascii() else None

@@ -83,7 +83,7 @@ class Side:
         notes: list[str] = []
         _, rejected = build_headers(
             topic=record.topic, partition=record.partition, offset=record.offset, timestamp=record.timestamp,
-            key=record.key, record_headers=record.headers, forwarded=self.dispatcher.forwarded_headers, notes=notes,
+            key=record.key, record_headers=record.headers, forwarded=self.dispatcher.headers.forwarded, notes=notes,
         )
         return bool(rejected or notes)
 

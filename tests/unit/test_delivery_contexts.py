@@ -61,8 +61,8 @@ def test_a_bulk_closed_at_once_is_kept_as_if_closed_one_by_one() -> None:
     one = DeliveryContexts(5.0, max_finished=6, clock=lambda: clock[0])
     many = DeliveryContexts(5.0, max_finished=6, clock=lambda: clock[0])
     context = ("baggage", "tenant=1", "traceparent", "00-x")
-    ids_one = [one.open_flat(context) for _ in range(8)]
-    ids_many = [many.open_flat(context) for _ in range(8)]
+    ids_one = list(range(one.open_many([context] * 8), one.counter + 1))
+    ids_many = list(range(many.open_many([context] * 8), many.counter + 1))
     for number in ids_one[:4]:
         one.close_number(number)
     many.close_numbers(ids_many[:4])
@@ -78,7 +78,7 @@ def test_a_bulk_closed_at_once_is_kept_as_if_closed_one_by_one() -> None:
     assert many.get(f"{many.prefix}8") == (("baggage", "tenant=1"), ("traceparent", "00-x"))
     assert "finished=4" in repr(many) and "in_flight=0" in repr(many)
     # A bulk expires as a whole once its grace is over.
-    late = [many.open_flat(context) for _ in range(2)]
+    late = list(range(many.open_many([context] * 2), many.counter + 1))
     clock[0] = 3.0
     many.close_numbers(late)
     clock[0] = 6.5  # the bulk closed at 1.0 is past its grace, the one closed at 3.0 is not
